@@ -1,0 +1,204 @@
+//! Wiring: builds every component from a [`Config`] and a [`Policy`], and
+//! serves gRPC (TokenExchange, health, reflection) until told to stop.
+//!
+//! Tests start the whole service in-process with [`start`] on port 0 and stop
+//! it with [`Running::stop`]; `main` does the same with the configured address
+//! and SIGTERM/SIGINT.
+//!
+//! Health: the overall service (`""`) and `tokenbridge.v1.TokenExchange` report
+//! NOT_SERVING until Google's keys have been fetched once, then SERVING; on
+//! shutdown they turn NOT_SERVING before the listener closes, and in-flight
+//! calls get up to `server.drain_timeout_seconds` to finish.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokenbridge_proto::v1::token_exchange_server::TokenExchangeServer;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config, exchange::Exchange, grpc::TokenExchangeService, jwks::Jwks, jwt::Verifier,
+    policy::Policy, sts::Sts,
+};
+
+/// The largest request header block accepted (the token travels in a header;
+/// tokens over 16 KiB are refused by the verifier with a clear message, this
+/// only bounds what the transport reads).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP client for the JWKS could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Reflection could not be set up.
+    #[error("cannot set up server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The gRPC server failed.
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running service.
+pub struct Running {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AppError>>,
+}
+
+impl Running {
+    /// Starts a graceful shutdown and waits for it to finish.
+    pub async fn stop(mut self) -> Result<(), AppError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => {
+                warn!(error = %join, "server task ended abnormally");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Binds `config.server.listen` and serves in a background task.
+pub async fn start(config: Config, policy: Policy) -> Result<Running, AppError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { addr, source })?;
+    start_on(config, policy, listener).await
+}
+
+/// Serves on `listener` in a background task.
+pub async fn start_on(
+    config: Config,
+    policy: Policy,
+    listener: TcpListener,
+) -> Result<Running, AppError> {
+    let addr = listener.local_addr().map_err(|source| AppError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(config, policy, listener, async {
+        let _ = rx.await;
+    }));
+    Ok(Running {
+        addr,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains.
+pub async fn serve(
+    config: Config,
+    policy: Policy,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let g = &config.google;
+    let jwks = Arc::new(Jwks::new(
+        g.jwks_uri.clone(),
+        g.jwks_timeout,
+        g.jwks_refetch_cooldown,
+    )?);
+    let verifier = Arc::new(Verifier::new(g, jwks.clone()));
+    let sts = Arc::new(Sts::new(&config.aws));
+    let bindings = policy.binding_count();
+    let exchange = Arc::new(Exchange::new(verifier, Arc::new(policy), sts));
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    set_health(&reporter, false).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokenbridge_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tokio::spawn(warm_keys(jwks, reporter.clone()));
+
+    let addr = listener.local_addr().ok();
+    info!(
+        listen = ?addr,
+        audiences = ?g.audiences,
+        issuers = ?g.issuers,
+        jwks_uri = %g.jwks_uri,
+        aws_region = %config.aws.region,
+        sts_endpoint = config.aws.sts_endpoint.as_deref().unwrap_or("(regional default)"),
+        sts_timeout_ms = config.aws.sts_timeout.as_millis() as u64,
+        policy_file = %config.policy_file.display(),
+        bindings,
+        "tokenbridge serving"
+    );
+
+    let (draining_tx, draining_rx) = oneshot::channel::<()>();
+    let stop_reporter = reporter.clone();
+    let server = tonic::transport::Server::builder()
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(TokenExchangeServer::new(TokenExchangeService::new(
+            exchange,
+        )))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            set_health(&stop_reporter, false).await;
+            let _ = draining_tx.send(());
+        });
+    let drain = config.server.drain_timeout;
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        () = drain_deadline(draining_rx, drain) => {
+            warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
+        }
+    }
+    info!("tokenbridge stopped");
+    Ok(())
+}
+
+async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
+    if draining.await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(drain).await;
+}
+
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status("tokenbridge.v1.TokenExchange", status)
+        .await;
+}
+
+/// Fetches Google's keys until they are there, then reports SERVING.
+async fn warm_keys(jwks: Arc<Jwks>, reporter: HealthReporter) {
+    let mut wait = Duration::from_millis(250);
+    while !jwks.prefetch().await {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+    set_health(&reporter, true).await;
+    info!("Google signing keys loaded; health SERVING");
+}

@@ -1,0 +1,152 @@
+//! The decision: verify the caller's token, apply the policy table, assume the
+//! role with the caller's own token. Transport-free: no tonic or AWS SDK type
+//! crosses this module's boundary.
+
+use std::sync::Arc;
+
+use tracing::{info, instrument};
+
+use crate::{
+    error::Error,
+    jwt::{VerifiedToken, Verifier, VerifyError},
+    policy::{self, Denied, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
+    secret::Secret,
+    sts::{AssumeRole, AssumeRoleRequest, BoxFuture, Credentials, session_name},
+};
+
+/// Verifies ID tokens.
+pub trait VerifyToken: Send + Sync {
+    /// Verifies `token` and returns its claims.
+    fn verify(&self, token: Secret<String>) -> BoxFuture<'_, Result<VerifiedToken, VerifyError>>;
+}
+
+impl VerifyToken for Verifier {
+    fn verify(&self, token: Secret<String>) -> BoxFuture<'_, Result<VerifiedToken, VerifyError>> {
+        Box::pin(Verifier::verify(self, token))
+    }
+}
+
+/// What the caller asks for.
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeRequest {
+    /// The role to assume; empty for the caller's only role.
+    pub role_arn: String,
+    /// Requested lifetime; 0 for the binding's default.
+    pub duration_seconds: u32,
+}
+
+/// Credentials handed out, with what they were issued for.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The temporary credentials.
+    pub credentials: Credentials,
+    /// The session name given to STS.
+    pub role_session_name: String,
+}
+
+/// The exchange service's core.
+pub struct Exchange {
+    verifier: Arc<dyn VerifyToken>,
+    policy: Arc<Policy>,
+    sts: Arc<dyn AssumeRole>,
+}
+
+impl Exchange {
+    /// Wires the three steps together.
+    pub fn new(
+        verifier: Arc<dyn VerifyToken>,
+        policy: Arc<Policy>,
+        sts: Arc<dyn AssumeRole>,
+    ) -> Self {
+        Self {
+            verifier,
+            policy,
+            sts,
+        }
+    }
+
+    /// Exchanges `token` for credentials as `req` asks, if the policy allows.
+    #[instrument(name = "exchange", skip_all, fields(sub, role_arn))]
+    pub async fn exchange(
+        &self,
+        token: Secret<String>,
+        req: ExchangeRequest,
+    ) -> Result<Issued, Error> {
+        let verified = self.verifier.verify(token).await?;
+        let claims = &verified.claims;
+        tracing::Span::current().record("sub", claims.sub.as_str());
+
+        if !req.role_arn.is_empty() {
+            policy::check_role_arn(&req.role_arn)
+                .map_err(|why| Error::InvalidArgument(format!("role_arn: {why}")))?;
+        }
+        let requested = req.duration_seconds;
+        if requested != 0 && !(MIN_DURATION_SECONDS..=MAX_DURATION_SECONDS).contains(&requested) {
+            return Err(Error::InvalidArgument(format!(
+                "duration_seconds {requested} is outside {MIN_DURATION_SECONDS}..={MAX_DURATION_SECONDS}"
+            )));
+        }
+
+        let who = Principal {
+            sub: &claims.sub,
+            verified_email: claims.verified_email(),
+        };
+        let allowed = self
+            .policy
+            .decide(who, &req.role_arn)
+            .map_err(|denied| match denied {
+                Denied::NoRoles => Error::PermissionDenied(format!(
+                    "no binding grants any role to service account {}",
+                    who.describe()
+                )),
+                Denied::RoleNotGranted => Error::PermissionDenied(format!(
+                    "no binding grants role {} to service account {}",
+                    req.role_arn,
+                    who.describe()
+                )),
+                Denied::Ambiguous(roles) => Error::InvalidArgument(format!(
+                    "role_arn is empty but service account {} may assume {} roles ({}); name one",
+                    who.describe(),
+                    roles.len(),
+                    roles.join(", ")
+                )),
+            })?;
+        tracing::Span::current().record("role_arn", allowed.role_arn.as_str());
+
+        let grant = &allowed.grant;
+        let duration = match requested {
+            0 => grant.default_duration_seconds,
+            d if d > grant.max_duration_seconds => {
+                return Err(Error::InvalidArgument(format!(
+                    "duration_seconds {d} is above the maximum of {} seconds that the policy allows for role {}",
+                    grant.max_duration_seconds, allowed.role_arn
+                )));
+            }
+            d => d,
+        };
+
+        let role_session_name = session_name(&claims.sub);
+        let credentials = self
+            .sts
+            .assume_role(AssumeRoleRequest {
+                role_arn: allowed.role_arn.clone(),
+                session_name: role_session_name.clone(),
+                duration_seconds: duration,
+                web_identity_token: verified.token.clone(),
+            })
+            .await?;
+        info!(
+            sub = %claims.sub,
+            role_arn = %allowed.role_arn,
+            bindings = ?grant.bindings,
+            duration_seconds = duration,
+            access_key_id = %credentials.access_key_id,
+            sts_request_id = credentials.request_id.as_deref().unwrap_or("-"),
+            "credentials issued"
+        );
+        Ok(Issued {
+            credentials,
+            role_session_name,
+        })
+    }
+}

@@ -1,0 +1,592 @@
+//! Verification of Google-signed ID tokens.
+//!
+//! `jsonwebtoken` (aws-lc-rs backend) checks the RS256 signature, `exp` and
+//! `nbf` (with 60 s of leeway), that `iss` and `aud` are among the configured
+//! values, and that `exp`, `iss`, `aud` and `sub` are present. It does not:
+//!
+//! * reject a `crit` header, or a missing `kid` (it does not need one);
+//! * reject `iss` or `aud` given as arrays (it accepts any array with one
+//!   configured member): we require single strings;
+//! * check `iat` at all: we require it, and reject one more than the skew in
+//!   the future;
+//! * bound the token's lifetime: `exp - iat` may be at most one hour plus the
+//!   skew, like Google's own tokens;
+//! * reject duplicate JSON member names (serde keeps the last): we parse the
+//!   header and the payload once more with a parser that refuses them;
+//! * bound the input size: tokens over [`MAX_TOKEN_BYTES`] are refused before
+//!   any decoding;
+//! * check claim types strictly: it accepts a float `exp`; we require JSON
+//!   integers for `exp`, `iat` and `nbf`, strings for `iss`, `aud`, `sub`,
+//!   `azp` and `email`, and a boolean `email_verified`.
+//!
+//! The header fields `jku`, `x5u`, `jwk` and `x5c` are never used: the key
+//! always comes from the configured JWKS, by `kid`.
+
+use std::{
+    cell::RefCell,
+    collections::HashSet,
+    fmt,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+use crate::{
+    config::GoogleConfig,
+    jwks::{Jwks, KeyError},
+    secret::Secret,
+};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Allowed clock skew, in seconds, for `exp`, `iat` and `nbf`.
+pub const SKEW_SECONDS: u64 = 60;
+/// Longest token lifetime (`exp - iat`) accepted, before skew: Google's own.
+pub const MAX_LIFETIME_SECONDS: u64 = 3600;
+
+/// The claims of a verified token that tokenbridge uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience (a single string).
+    pub aud: String,
+    /// Subject: the service account's unique ID.
+    pub sub: String,
+    /// Authorized party: for service accounts, their unique ID.
+    pub azp: Option<String>,
+    /// The service account's email.
+    pub email: Option<String>,
+    /// Whether Google verified `email`.
+    pub email_verified: bool,
+    /// Issued at (Unix seconds).
+    pub iat: u64,
+    /// Expires at (Unix seconds).
+    pub exp: u64,
+    /// Not before (Unix seconds).
+    pub nbf: Option<u64>,
+}
+
+impl Claims {
+    /// The email, only when the token says it is verified.
+    pub fn verified_email(&self) -> Option<&str> {
+        if self.email_verified {
+            self.email.as_deref()
+        } else {
+            None
+        }
+    }
+}
+
+/// A token that passed every check, with the claims it carries.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    /// The token itself, to be passed on to STS.
+    pub token: Secret<String>,
+    /// Its claims.
+    pub claims: Claims,
+}
+
+/// Why a token was refused. Every variant but [`VerifyError::KeysUnavailable`]
+/// means the token is not acceptable and retrying with it will not help.
+/// Messages never include the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// Longer than [`MAX_TOKEN_BYTES`].
+    #[error("token is {0} bytes, over the {MAX_TOKEN_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Not three base64url parts, or a part that is not what it should be.
+    #[error("token is malformed: {0}")]
+    Malformed(&'static str),
+    /// `alg` is not RS256.
+    #[error("token algorithm `{0}` is not accepted; only RS256 is")]
+    Algorithm(String),
+    /// The header has no `kid`.
+    #[error("token header has no `kid`")]
+    MissingKid,
+    /// The header has a `crit` parameter.
+    #[error("token header has a `crit` parameter, which is not supported")]
+    Crit,
+    /// A header parameter appears twice.
+    #[error("token header has a duplicate parameter `{0}`")]
+    DuplicateHeader(String),
+    /// No key with this `kid`, even after a refetch.
+    #[error("token signing key (kid) is not one of Google's current keys")]
+    UnknownKid,
+    /// The signature does not verify.
+    #[error("token signature is invalid")]
+    BadSignature,
+    /// `exp` is more than the skew in the past.
+    #[error("token expired")]
+    Expired,
+    /// `iat` or `nbf` is more than the skew in the future.
+    #[error("token is not valid yet: `{0}` is in the future")]
+    NotYetValid(&'static str),
+    /// `iss` is not a configured issuer.
+    #[error("token issuer is not accepted")]
+    Issuer,
+    /// `aud` is not a configured audience.
+    #[error("token audience is not accepted by this service")]
+    Audience,
+    /// A required claim is absent.
+    #[error("token has no `{0}` claim")]
+    MissingClaim(&'static str),
+    /// A claim has the wrong JSON type.
+    #[error("token claim `{0}` has the wrong type: {1}")]
+    ClaimType(&'static str, &'static str),
+    /// A claim name appears twice.
+    #[error("token has a duplicate claim `{0}`")]
+    DuplicateClaim(String),
+    /// `exp - iat` is longer than Google's tokens live.
+    #[error("token lifetime (exp - iat) is longer than one hour")]
+    Lifetime,
+    /// No signing keys could be fetched: try again later.
+    #[error("Google's signing keys are unavailable; try again later")]
+    KeysUnavailable,
+}
+
+/// Verifies tokens against the configured issuers, audiences and JWKS.
+pub struct Verifier {
+    jwks: Arc<Jwks>,
+    validation: Validation,
+    issuers: HashSet<String>,
+    audiences: HashSet<String>,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for `google`'s issuers and audiences, with keys from `jwks`.
+    pub fn new(google: &GoogleConfig, jwks: Arc<Jwks>) -> Self {
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.leeway = SKEW_SECONDS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&google.issuers);
+        validation.set_audience(&google.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self {
+            jwks,
+            validation,
+            issuers: google.issuers.iter().cloned().collect(),
+            audiences: google.audiences.iter().cloned().collect(),
+        }
+    }
+
+    /// Verifies `token` now.
+    pub async fn verify(&self, token: Secret<String>) -> Result<VerifiedToken, VerifyError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.verify_at(token, now).await
+    }
+
+    /// Verifies `token` as of `now` (Unix seconds) for the checks tokenbridge
+    /// adds (`jsonwebtoken` reads the system clock for `exp` and `nbf`).
+    #[tracing::instrument(name = "verify_token", skip_all, err(Display))]
+    pub async fn verify_at(
+        &self,
+        token: Secret<String>,
+        now: u64,
+    ) -> Result<VerifiedToken, VerifyError> {
+        let raw = token.expose().as_str();
+        if raw.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge(raw.len()));
+        }
+        let (header, payload) = split_compact(raw)?;
+        let kid = check_header(header)?;
+        // Parsed strictly before the signature check only to refuse duplicate
+        // or mistyped claims with a precise message; nothing is trusted until
+        // `decode` below has verified the signature.
+        let claims = parse_claims(payload)?;
+        let key = self.jwks.key(&kid).await.map_err(|e| match e {
+            KeyError::UnknownKid => VerifyError::UnknownKid,
+            KeyError::Unavailable => VerifyError::KeysUnavailable,
+        })?;
+        jsonwebtoken::decode::<de::IgnoredAny>(raw, &key, &self.validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        self.check_claims(&claims, now)?;
+        Ok(VerifiedToken { token, claims })
+    }
+
+    fn check_claims(&self, c: &Claims, now: u64) -> Result<(), VerifyError> {
+        if !self.issuers.contains(&c.iss) {
+            return Err(VerifyError::Issuer);
+        }
+        if !self.audiences.contains(&c.aud) {
+            return Err(VerifyError::Audience);
+        }
+        if c.exp.saturating_add(SKEW_SECONDS) < now {
+            return Err(VerifyError::Expired);
+        }
+        if c.iat > now.saturating_add(SKEW_SECONDS) {
+            return Err(VerifyError::NotYetValid("iat"));
+        }
+        if c.nbf
+            .is_some_and(|nbf| nbf > now.saturating_add(SKEW_SECONDS))
+        {
+            return Err(VerifyError::NotYetValid("nbf"));
+        }
+        if c.exp < c.iat || c.exp - c.iat > MAX_LIFETIME_SECONDS + SKEW_SECONDS {
+            return Err(VerifyError::Lifetime);
+        }
+        Ok(())
+    }
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> VerifyError {
+    match kind {
+        ErrorKind::InvalidSignature => VerifyError::BadSignature,
+        ErrorKind::ExpiredSignature => VerifyError::Expired,
+        ErrorKind::ImmatureSignature => VerifyError::NotYetValid("nbf"),
+        ErrorKind::InvalidIssuer => VerifyError::Issuer,
+        ErrorKind::InvalidAudience => VerifyError::Audience,
+        ErrorKind::MissingRequiredClaim(claim) => VerifyError::MissingClaim(match claim.as_str() {
+            "exp" => "exp",
+            "iss" => "iss",
+            "aud" => "aud",
+            _ => "sub",
+        }),
+        ErrorKind::InvalidClaimFormat(claim) if claim == "nbf" => {
+            VerifyError::ClaimType("nbf", "expected an integer")
+        }
+        ErrorKind::InvalidClaimFormat(_) => VerifyError::ClaimType("exp", "expected an integer"),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            VerifyError::Algorithm("?".into())
+        }
+        ErrorKind::Base64(_) => VerifyError::Malformed("a part is not base64url"),
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            VerifyError::Malformed("a part is not valid JSON")
+        }
+        _ => VerifyError::Malformed("the token could not be decoded"),
+    }
+}
+
+/// Splits a compact JWS into its decoded header and payload, checking the
+/// shape: three non-empty base64url parts.
+fn split_compact(raw: &str) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
+    const SHAPE: &str = "not a compact JWS (three base64url parts separated by dots)";
+    let mut parts = raw.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(VerifyError::Malformed(SHAPE));
+    };
+    let b64url = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !(b64url(h) && b64url(p) && b64url(s)) {
+        return Err(VerifyError::Malformed(SHAPE));
+    }
+    let header = URL_SAFE_NO_PAD
+        .decode(h)
+        .map_err(|_| VerifyError::Malformed("the header is not base64url"))?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(p)
+        .map_err(|_| VerifyError::Malformed("the payload is not base64url"))?;
+    Ok((header, payload))
+}
+
+/// Checks the header and returns its `kid`.
+fn check_header(header: Vec<u8>) -> Result<String, VerifyError> {
+    let map = parse_object(&header).map_err(|e| match e {
+        StrictError::Duplicate(name) => VerifyError::DuplicateHeader(name),
+        StrictError::Invalid => VerifyError::Malformed("the header is not a JSON object"),
+    })?;
+    if map.contains_key("crit") {
+        return Err(VerifyError::Crit);
+    }
+    match map.get("alg") {
+        Some(Value::String(alg)) if alg == "RS256" => {}
+        Some(Value::String(alg)) => return Err(VerifyError::Algorithm(printable(alg))),
+        _ => return Err(VerifyError::Algorithm("(missing)".into())),
+    }
+    match map.get("kid") {
+        Some(Value::String(kid)) if !kid.is_empty() => Ok(kid.clone()),
+        _ => Err(VerifyError::MissingKid),
+    }
+}
+
+fn parse_claims(payload: Vec<u8>) -> Result<Claims, VerifyError> {
+    let mut map = parse_object(&payload).map_err(|e| match e {
+        StrictError::Duplicate(name) => VerifyError::DuplicateClaim(name),
+        StrictError::Invalid => VerifyError::Malformed("the payload is not a JSON object"),
+    })?;
+    let sub = required_string(&mut map, "sub")?;
+    if sub.is_empty() || sub.len() > 255 {
+        return Err(VerifyError::ClaimType(
+            "sub",
+            "expected 1 to 255 characters",
+        ));
+    }
+    Ok(Claims {
+        iss: required_string(&mut map, "iss")?,
+        aud: required_string(&mut map, "aud")?,
+        sub,
+        azp: optional_string(&mut map, "azp")?,
+        email: optional_string(&mut map, "email")?,
+        email_verified: match map.remove("email_verified") {
+            None => false,
+            Some(Value::Bool(b)) => b,
+            Some(_) => {
+                return Err(VerifyError::ClaimType(
+                    "email_verified",
+                    "expected a boolean",
+                ));
+            }
+        },
+        iat: optional_integer(&mut map, "iat")?.ok_or(VerifyError::MissingClaim("iat"))?,
+        exp: optional_integer(&mut map, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?,
+        nbf: optional_integer(&mut map, "nbf")?,
+    })
+}
+
+fn required_string(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<String, VerifyError> {
+    optional_string(map, name)?.ok_or(VerifyError::MissingClaim(name))
+}
+
+fn optional_string(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<String>, VerifyError> {
+    match map.remove(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(VerifyError::ClaimType(name, "expected a string")),
+    }
+}
+
+fn optional_integer(
+    map: &mut Map<String, Value>,
+    name: &'static str,
+) -> Result<Option<u64>, VerifyError> {
+    match map.remove(name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or(VerifyError::ClaimType(
+            name,
+            "expected a non-negative integer",
+        )),
+        Some(_) => Err(VerifyError::ClaimType(
+            name,
+            "expected a non-negative integer",
+        )),
+    }
+}
+
+/// At most 40 printable ASCII characters of an untrusted name, for messages.
+fn printable(value: &str) -> String {
+    value
+        .chars()
+        .take(40)
+        .map(|c| if c.is_ascii_graphic() { c } else { '?' })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum StrictError {
+    Duplicate(String),
+    Invalid,
+}
+
+/// Parses a JSON object, refusing duplicate member names at any depth.
+fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = StrictValue {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| {
+        de.end()?;
+        Ok(v)
+    });
+    match (parsed, duplicate.into_inner()) {
+        (_, Some(name)) => Err(StrictError::Duplicate(printable(&name))),
+        (Ok(Value::Object(map)), None) => Ok(map),
+        _ => Err(StrictError::Invalid),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct StrictValue<'a> {
+    duplicate: &'a RefCell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StrictValue<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let mut map = Map::new();
+        while let Some(key) = access.next_key::<String>()? {
+            if map.contains_key(&key) {
+                *self.duplicate.borrow_mut() = Some(key);
+                return Err(de::Error::custom("duplicate member name"));
+            }
+            let value = access.next_value_seed(self)?;
+            map.insert(key, value);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parser_refuses_duplicates_at_any_depth() {
+        assert_eq!(
+            parse_object(br#"{"a":1,"b":{"c":1,"c":2}}"#),
+            Err(StrictError::Duplicate("c".into()))
+        );
+        assert_eq!(
+            parse_object(br#"{"sub":"1","sub":"2"}"#),
+            Err(StrictError::Duplicate("sub".into()))
+        );
+        assert_eq!(
+            parse_object(br#"{"a":[{"x":1},{"x":1}]}"#).unwrap().len(),
+            1
+        );
+        assert_eq!(parse_object(b"[1]"), Err(StrictError::Invalid));
+        assert_eq!(parse_object(b"{} trailing"), Err(StrictError::Invalid));
+        assert_eq!(parse_object(b"{"), Err(StrictError::Invalid));
+    }
+
+    #[test]
+    fn compact_shape() {
+        for bad in ["", "a.b", "a.b.c.d", "a..c", "a.b.c=", "a b.c.d", "a.b.c\n"] {
+            assert_eq!(
+                split_compact(bad).unwrap_err(),
+                VerifyError::Malformed(
+                    "not a compact JWS (three base64url parts separated by dots)"
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_rules() {
+        let h = |json: &str| check_header(json.as_bytes().to_vec());
+        assert_eq!(h(r#"{"alg":"RS256","kid":"k"}"#), Ok("k".into()));
+        assert_eq!(
+            h(r#"{"alg":"none","kid":"k"}"#),
+            Err(VerifyError::Algorithm("none".into()))
+        );
+        assert_eq!(
+            h(r#"{"alg":"HS256","kid":"k"}"#),
+            Err(VerifyError::Algorithm("HS256".into()))
+        );
+        assert_eq!(
+            h(r#"{"kid":"k"}"#),
+            Err(VerifyError::Algorithm("(missing)".into()))
+        );
+        assert_eq!(h(r#"{"alg":"RS256"}"#), Err(VerifyError::MissingKid));
+        assert_eq!(
+            h(r#"{"alg":"RS256","kid":7}"#),
+            Err(VerifyError::MissingKid)
+        );
+        assert_eq!(
+            h(r#"{"alg":"RS256","kid":"k","crit":["exp"]}"#),
+            Err(VerifyError::Crit)
+        );
+        assert_eq!(
+            h(r#"{"alg":"RS256","kid":"k","alg":"RS256"}"#),
+            Err(VerifyError::DuplicateHeader("alg".into()))
+        );
+    }
+
+    #[test]
+    fn claim_types_are_strict() {
+        let c = |json: &str| parse_claims(json.as_bytes().to_vec());
+        let ok = r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"email":"e@x.io","email_verified":true}"#;
+        let claims = c(ok).unwrap();
+        assert_eq!(claims.verified_email(), Some("e@x.io"));
+        assert_eq!(
+            c(r#"{"iss":"i","aud":["a"],"sub":"1","iat":1,"exp":2}"#),
+            Err(VerifyError::ClaimType("aud", "expected a string"))
+        );
+        assert_eq!(
+            c(r#"{"iss":["i"],"aud":"a","sub":"1","iat":1,"exp":2}"#),
+            Err(VerifyError::ClaimType("iss", "expected a string"))
+        );
+        assert_eq!(
+            c(r#"{"iss":"i","aud":"a","sub":"1","iat":1.5,"exp":2}"#),
+            Err(VerifyError::ClaimType(
+                "iat",
+                "expected a non-negative integer"
+            ))
+        );
+        assert_eq!(
+            c(r#"{"iss":"i","aud":"a","sub":"1","exp":2}"#),
+            Err(VerifyError::MissingClaim("iat"))
+        );
+        assert_eq!(
+            c(r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"email_verified":"true"}"#),
+            Err(VerifyError::ClaimType(
+                "email_verified",
+                "expected a boolean"
+            ))
+        );
+        let unverified = c(
+            r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"email":"e@x.io","email_verified":false}"#,
+        );
+        assert_eq!(unverified.unwrap().verified_email(), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! tokenbridge server: exchanges Google-signed OIDC ID tokens for temporary
+//! AWS credentials over gRPC.
+//!
+//! Module map (transport at the edges, the decision in the middle):
+//!
+//! * [`grpc`]: the `TokenExchange` service, `authorization` metadata, and the
+//!   single mapping from [`Error`] to gRPC status codes.
+//! * [`exchange`]: verify → policy → STS, free of transport types.
+//! * [`jwt`] and [`jwks`]: ID token verification and Google's keys.
+//! * [`policy`]: the policy table and its hash indexes.
+//! * [`sts`]: `AssumeRoleWithWebIdentity` through `aws-sdk-sts`.
+//! * [`config`] and [`diag`]: the config file and problems with file and line.
+//! * [`app`]: wiring, health, reflection, graceful shutdown.
+
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod diag;
+pub mod error;
+pub mod exchange;
+pub mod grpc;
+pub mod jwks;
+pub mod jwt;
+pub mod policy;
+pub mod secret;
+pub mod sts;
+pub mod telemetry;
+
+pub use config::Config;
+pub use error::Error;
+pub use policy::Policy;
+
+use std::path::Path;
+
+use diag::Problem;
+
+/// Loads the config at `path` and the policy it names, returning every
+/// problem found in either.
+pub fn load(path: &Path) -> Result<(Config, Policy), Vec<Problem>> {
+    let config = Config::load(path)?;
+    let policy = Policy::load(&config.policy_file)?;
+    Ok((config, policy))
+}

@@ -1,0 +1,278 @@
+//! AWS STS `AssumeRoleWithWebIdentity`, behind the [`AssumeRole`] trait.
+//!
+//! The call is unsigned (STS authenticates it by the web identity token), so
+//! the service needs no AWS credentials of its own. The SDK has no timeout by
+//! default; we set an operation timeout (`aws.sts_timeout_ms`, default 3 s, so
+//! that a `credential_process` caller with a 5-second budget still gets an
+//! answer), an attempt timeout of half of it, and at most 3 attempts with
+//! backoff for throttling, 5xx and transport errors.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use aws_sdk_sts::{
+    config::{BehaviorVersion, Region},
+    error::{ProvideErrorMetadata as _, SdkError},
+    operation::{RequestId as _, assume_role_with_web_identity::AssumeRoleWithWebIdentityError},
+};
+use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
+
+use crate::{config::AwsConfig, policy::shorten, secret::Secret};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What is asked of STS.
+#[derive(Debug, Clone)]
+pub struct AssumeRoleRequest {
+    /// The role to assume.
+    pub role_arn: String,
+    /// The session name (already valid for STS).
+    pub session_name: String,
+    /// Requested lifetime of the credentials.
+    pub duration_seconds: u32,
+    /// The caller's own Google ID token.
+    pub web_identity_token: Secret<String>,
+}
+
+/// Temporary credentials from STS.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Access key ID (not secret; appears in CloudTrail).
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret_access_key: Secret<String>,
+    /// Session token.
+    pub session_token: Secret<String>,
+    /// When the credentials expire.
+    pub expiration: std::time::SystemTime,
+    /// `AssumedRoleUser.Arn`.
+    pub assumed_role_arn: String,
+    /// STS request ID, for the audit trail.
+    pub request_id: Option<String>,
+}
+
+/// Why STS gave no credentials. Messages come from STS, shortened, with the
+/// token removed should STS ever echo it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StsError {
+    /// `InvalidIdentityToken`: STS did not accept the token. Not retryable.
+    #[error("STS rejected the identity token: {0}")]
+    InvalidIdentityToken(String),
+    /// `ExpiredTokenException`: the token expired on its way. Get a new token.
+    #[error("STS says the identity token expired: {0}")]
+    ExpiredToken(String),
+    /// `AccessDenied`: usually the role's trust policy. Not retryable.
+    #[error("STS denied access to the role: {0}")]
+    AccessDenied(String),
+    /// `IDPRejectedClaim`: the trust policy's conditions did not match.
+    #[error("STS rejected a claim of the token: {0}")]
+    IdpRejectedClaim(String),
+    /// `IDPCommunicationError`: STS could not reach Google. Retry later.
+    #[error("STS could not reach the identity provider: {0}")]
+    IdpCommunication(String),
+    /// STS throttled us. Retry later.
+    #[error("STS is throttling requests: {0}")]
+    Throttled(String),
+    /// STS failed (5xx, timeout, connection, unreadable answer). Retry later.
+    #[error("STS is unavailable: {0}")]
+    Unavailable(String),
+    /// STS refused the request for another reason (its error code and
+    /// message say which); retrying the same request will not help.
+    #[error("STS refused the request: {code}: {message}")]
+    Refused {
+        /// The STS error code.
+        code: String,
+        /// The STS error message.
+        message: String,
+    },
+}
+
+/// Assumes AWS roles with a web identity token.
+pub trait AssumeRole: Send + Sync {
+    /// Calls `AssumeRoleWithWebIdentity`.
+    fn assume_role(&self, req: AssumeRoleRequest) -> BoxFuture<'_, Result<Credentials, StsError>>;
+}
+
+/// The real STS, through `aws-sdk-sts`.
+#[derive(Debug, Clone)]
+pub struct Sts {
+    client: aws_sdk_sts::Client,
+}
+
+impl Sts {
+    /// A client for the configured region and endpoint, with no credentials.
+    pub fn new(aws: &AwsConfig) -> Self {
+        let timeouts = TimeoutConfig::builder()
+            .operation_timeout(aws.sts_timeout)
+            .operation_attempt_timeout(aws.sts_timeout / 2)
+            .connect_timeout(aws.sts_timeout.min(Duration::from_secs(1)))
+            .build();
+        let retries = RetryConfig::standard()
+            .with_max_attempts(3)
+            .with_initial_backoff(Duration::from_millis(50))
+            .with_max_backoff(Duration::from_millis(500));
+        let mut builder = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(aws.region.clone()))
+            .timeout_config(timeouts)
+            .retry_config(retries);
+        if let Some(endpoint) = &aws.sts_endpoint {
+            builder = builder.endpoint_url(endpoint.clone());
+        }
+        Self {
+            client: aws_sdk_sts::Client::from_conf(builder.build()),
+        }
+    }
+
+    async fn call(&self, req: AssumeRoleRequest) -> Result<Credentials, StsError> {
+        let token = req.web_identity_token.expose();
+        let out = self
+            .client
+            .assume_role_with_web_identity()
+            .role_arn(&req.role_arn)
+            .role_session_name(&req.session_name)
+            .duration_seconds(i32::try_from(req.duration_seconds).unwrap_or(i32::MAX))
+            .web_identity_token(token)
+            .send()
+            .await
+            .map_err(|e| map_sdk_error(e, token))?;
+        let request_id = out.request_id().map(str::to_string);
+        let (Some(creds), Some(user)) = (out.credentials(), out.assumed_role_user()) else {
+            return Err(StsError::Unavailable(
+                "the response has no credentials".into(),
+            ));
+        };
+        let expiration = std::time::SystemTime::try_from(*creds.expiration())
+            .map_err(|_| StsError::Unavailable("the response has an unusable expiration".into()))?;
+        Ok(Credentials {
+            access_key_id: creds.access_key_id().to_string(),
+            secret_access_key: Secret::new(creds.secret_access_key().to_string()),
+            session_token: Secret::new(creds.session_token().to_string()),
+            expiration,
+            assumed_role_arn: user.arn().to_string(),
+            request_id,
+        })
+    }
+}
+
+impl AssumeRole for Sts {
+    fn assume_role(&self, req: AssumeRoleRequest) -> BoxFuture<'_, Result<Credentials, StsError>> {
+        Box::pin(self.call(req))
+    }
+}
+
+fn map_sdk_error(
+    err: SdkError<AssumeRoleWithWebIdentityError, aws_smithy_runtime_api::http::Response>,
+    token: &str,
+) -> StsError {
+    let clean = |m: Option<&str>| scrub(m.unwrap_or("no message"), token);
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let e = ctx.into_err();
+            let message = clean(e.message());
+            match &e {
+                AssumeRoleWithWebIdentityError::InvalidIdentityTokenException(_) => {
+                    StsError::InvalidIdentityToken(message)
+                }
+                AssumeRoleWithWebIdentityError::ExpiredTokenException(_) => {
+                    StsError::ExpiredToken(message)
+                }
+                AssumeRoleWithWebIdentityError::IdpRejectedClaimException(_) => {
+                    StsError::IdpRejectedClaim(message)
+                }
+                AssumeRoleWithWebIdentityError::IdpCommunicationErrorException(_) => {
+                    StsError::IdpCommunication(message)
+                }
+                AssumeRoleWithWebIdentityError::RegionDisabledException(_) => {
+                    StsError::Unavailable(message)
+                }
+                other => match other.code() {
+                    Some("AccessDenied") => StsError::AccessDenied(message),
+                    Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded") => {
+                        StsError::Throttled(message)
+                    }
+                    _ if status >= 500 => {
+                        StsError::Unavailable(format!("HTTP {status}: {message}"))
+                    }
+                    code => StsError::Refused {
+                        code: scrub(code.unwrap_or("unknown"), token),
+                        message,
+                    },
+                },
+            }
+        }
+        SdkError::TimeoutError(_) => StsError::Unavailable("timed out".into()),
+        SdkError::DispatchFailure(f) => StsError::Unavailable(if f.is_timeout() {
+            "timed out".into()
+        } else {
+            "could not connect".into()
+        }),
+        SdkError::ResponseError(_) => {
+            StsError::Unavailable("the response could not be read".into())
+        }
+        SdkError::ConstructionFailure(_) => {
+            StsError::Unavailable("the request could not be built".into())
+        }
+        _ => StsError::Unavailable("unexpected SDK error".into()),
+    }
+}
+
+/// An upstream message made safe to pass on: the token removed, shortened.
+fn scrub(message: &str, token: &str) -> String {
+    let without = if token.is_empty() {
+        message.to_string()
+    } else {
+        message.replace(token, "<token>")
+    };
+    shorten(&without)
+}
+
+/// The token's `sub` made valid for STS's `RoleSessionName`: 2 to 64
+/// characters of `[A-Za-z0-9_+=,.@-]`. Other characters become `-`; a
+/// one-character name is padded with `-`. Google's `sub` (21 digits) passes
+/// unchanged, so CloudTrail shows it as is.
+pub fn session_name(sub: &str) -> String {
+    let mut name: String = sub
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    while name.len() < 2 {
+        name.push('-');
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_names_follow_sts_rules() {
+        assert_eq!(
+            session_name("112233445566778899001"),
+            "112233445566778899001"
+        );
+        assert_eq!(session_name("a"), "a-");
+        assert_eq!(session_name(""), "--");
+        assert_eq!(session_name("a b/c:d"), "a-b-c-d");
+        assert_eq!(session_name("é"), "--");
+        assert_eq!(session_name(&"x".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn scrub_removes_the_token() {
+        assert_eq!(
+            scrub("bad token abc.def.ghi here", "abc.def.ghi"),
+            "bad token <token> here"
+        );
+    }
+}
