@@ -196,8 +196,10 @@ fn map_sdk_error(
                     _ if status >= 500 => {
                         StsError::Unavailable(format!("HTTP {status}: {message}"))
                     }
-                    code => StsError::Refused {
-                        code: scrub(code.unwrap_or("unknown"), token),
+                    // No error code at all: not an STS error document.
+                    None => StsError::Unavailable(format!("unreadable response (HTTP {status})")),
+                    Some(code) => StsError::Refused {
+                        code: scrub(code, token),
                         message,
                     },
                 },

@@ -1,0 +1,379 @@
+//! The `tokenbridge-server` binary: `check`, refusing bad config, SIGTERM
+//! draining, and logs at trace level that carry no secret.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokenbridge_proto::v1::{GetCredentialsRequest, token_exchange_client::TokenExchangeClient};
+use tokenbridge_testing::{FakeSts, FakeStsMode, Issuer, JwksServer, Moto};
+use tonic::{Code, Request, transport::Channel};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenbridge-server");
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn write_config(dir: &Path, listen: &str, jwks_uri: &str, sts_endpoint: &str) -> PathBuf {
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[server]
+listen = "{listen}"
+
+[google]
+audiences = ["{AUDIENCE}"]
+jwks_uri = "{jwks_uri}"
+
+[aws]
+region = "us-east-1"
+sts_endpoint = "{sts_endpoint}"
+
+[policy]
+file = "policy.toml"
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("policy.toml"), policy_toml()).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn check_accepts_the_sample_config() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(workspace_root().join("deploy/config.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ok (2 bindings"), "{stdout}");
+}
+
+#[test]
+fn check_reports_every_config_and_policy_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"localhost\"\n\n[google]\naudiences = []\n\n[aws]\nregion = \"us-east-1\"\nsts_endpoint = \"http://sts.example.com\"\n\n[policy]\nfile = \"policy.toml\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let file = config.display().to_string();
+    for expected in [
+        format!("{file}:2: server.listen"),
+        format!("{file}:5: google.audiences"),
+        format!("{file}:9: aws.sts_endpoint"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+
+    // A good config naming a broken policy: the policy's problems, with lines.
+    write_config(
+        dir.path(),
+        "127.0.0.1:50051",
+        "http://127.0.0.1:1/certs",
+        "http://127.0.0.1:1",
+    );
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[binding]]\nname = \"a\"\nservice_accounts = [\"bob\"]\nrole_arns = [\"arn:aws:iam::1:role/x\"]\n\n[[binding]]\nname = \"a\"\nservice_accounts = [\"1\"]\nrole_arns = [\"arn:aws:iam::111122223333:role/x\"]\nmax_duration_seconds = 99999\nsurprise = true\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let file = policy.display().to_string();
+    // `surprise` is an unknown key: a shape error, reported alone with its line.
+    assert!(
+        stderr.contains(&format!("{file}:11: invalid TOML")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("surprise"), "{stderr}");
+
+    std::fs::write(
+        &policy,
+        "[[binding]]\nname = \"a\"\nservice_accounts = [\"bob\"]\nrole_arns = [\"arn:aws:iam::1:role/x\"]\n\n[[binding]]\nname = \"a\"\nservice_accounts = [\"1\"]\nrole_arns = [\"arn:aws:iam::111122223333:role/x\"]\nmax_duration_seconds = 99999\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    for expected in [
+        format!("{file}:3: binding `a`: `bob` is neither"),
+        format!("{file}:4: binding `a`: `arn:aws:iam::1:role/x` is not an IAM role ARN"),
+        format!("{file}:7: binding name `a` is already used on line 2"),
+        format!("{file}:10: binding `a`: max_duration_seconds 99999"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("4 problem(s) found"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_bad_config_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        &format!("127.0.0.1:{port}"),
+        "http://127.0.0.1:1/certs",
+        "http://127.0.0.1:1",
+    );
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "[[binding]]\nname = \"x\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("policy.toml:1:"), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+}
+
+/// The server binary running in the background, its stderr collected.
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<Vec<String>>>,
+    ready: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Server {
+    fn spawn(config: &Path, addr: String, rust_log: &str) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, ready) = tokio::sync::mpsc::unbounded_channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Server {
+            child,
+            addr,
+            log,
+            ready,
+        }
+    }
+
+    /// Waits for the "serving" log line, then for health SERVING.
+    async fn wait_serving(&mut self) -> Channel {
+        let wait = async {
+            while let Some(line) = self.ready.recv().await {
+                if line.contains("tokenbridge serving") {
+                    return;
+                }
+            }
+            panic!(
+                "the server exited before serving: {:?}",
+                self.log.lock().unwrap()
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("server start");
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        wait_for_health(channel.clone(), ServingStatus::Serving).await;
+        channel
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+        let status = tokio::task::spawn_blocking(move || {
+            let status = self.child.wait().unwrap();
+            (status, self)
+        })
+        .await
+        .unwrap();
+        let (status, me) = status;
+        // The reader thread ends at EOF; the log is complete once it has.
+        let log = me.log.lock().unwrap().join("\n");
+        (status, log)
+    }
+}
+
+fn request(token: &str, role: &str) -> Request<GetCredentialsRequest> {
+    let mut req = Request::new(GetCredentialsRequest {
+        role_arn: role.into(),
+        duration_seconds: 0,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_and_drains_in_flight_calls() {
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let sts = FakeSts::start(FakeStsMode::Gated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write_config(dir.path(), &addr, &jwks.uri(), &sts.endpoint());
+    let mut server = Server::spawn(&config, addr, "info");
+    let channel = server.wait_serving().await;
+
+    // A call in flight, held inside STS.
+    let mut client = TokenExchangeClient::new(channel.clone());
+    let token = issuer.token(&workload(), AUDIENCE);
+    let in_flight =
+        tokio::spawn(async move { client.get_credentials(request(&token, ROLE_A)).await });
+    sts.wait_for_requests(1).await;
+
+    server.sigterm();
+    wait_for_health(channel.clone(), ServingStatus::NotServing).await;
+    assert!(!in_flight.is_finished());
+
+    sts.release();
+    let creds = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes")
+        .into_inner();
+    assert_eq!(creds.role_session_name, workload().unique_id);
+    drop(channel);
+    let (status, log) = server.wait_exit().await;
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("tokenbridge stopped"), "{log}");
+}
+
+#[tokio::test]
+async fn trace_logs_carry_no_token_secret_key_or_session_token() {
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let moto = Moto::shared().await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write_config(dir.path(), &addr, &jwks.uri(), &moto.endpoint());
+    let mut server = Server::spawn(&config, addr, "trace");
+    let channel = server.wait_serving().await;
+    let mut client = TokenExchangeClient::new(channel.clone());
+
+    let token = issuer.token(&workload(), AUDIENCE);
+    let creds = client
+        .get_credentials(request(&token, ROLE_A))
+        .await
+        .unwrap()
+        .into_inner();
+    // Failures: a bad signature, a refused role, an unknown kid.
+    let (message, _) = token.rsplit_once('.').unwrap();
+    let forged = format!(
+        "{message}.{}",
+        issuer
+            .token(&stranger(), AUDIENCE)
+            .rsplit_once('.')
+            .unwrap()
+            .1
+    );
+    let denied = issuer.token(&stranger(), AUDIENCE);
+    let other_issuer = Issuer::new();
+    let unknown_kid = other_issuer.token(&workload(), AUDIENCE);
+    for (bad, code) in [
+        (&forged, Code::Unauthenticated),
+        (&denied, Code::PermissionDenied),
+        (&unknown_kid, Code::Unauthenticated),
+    ] {
+        let status = client
+            .get_credentials(request(bad, ROLE_A))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), code, "{}", status.message());
+    }
+    drop(client);
+    drop(channel);
+    server.sigterm();
+    let (status, log) = server.wait_exit().await;
+    assert!(status.success(), "{status:?}");
+
+    // The log is not empty: it recorded both outcomes at trace level.
+    assert!(log.contains("credentials issued"), "{log}");
+    assert!(log.contains("exchange refused"), "{log}");
+    assert!(log.contains("TRACE"), "trace level was on");
+    for t in [&token, &forged, &denied, &unknown_kid] {
+        assert_no_token(&log, t);
+    }
+    assert!(
+        !log.contains(&creds.secret_access_key),
+        "the secret access key leaked"
+    );
+    assert!(
+        !log.contains(&creds.session_token),
+        "the session token leaked"
+    );
+    assert!(
+        log.contains(&creds.access_key_id),
+        "the access key ID is logged (it is not secret)"
+    );
+}
