@@ -15,12 +15,17 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokenbridge_proto::v1::token_exchange_server::TokenExchangeServer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config, exchange::Exchange, grpc::TokenExchangeService, jwks::Jwks, jwt::Verifier,
-    policy::Policy, sts::Sts,
+    config::Config,
+    exchange::Exchange,
+    grpc::TokenExchangeService,
+    health::{HealthHandle, health},
+    jwks::Jwks,
+    jwt::Verifier,
+    policy::Policy,
+    sts::Sts,
 };
 
 /// The largest request header block accepted (the token travels in a header;
@@ -123,8 +128,7 @@ pub async fn serve(
     let bindings = policy.binding_count();
     let exchange = Arc::new(Exchange::new(verifier, Arc::new(policy), sts));
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    set_health(&reporter, false).await;
+    let (reporter, health) = health();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tokenbridge_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -158,7 +162,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             info!("shutting down: health NOT_SERVING, draining in-flight calls");
-            set_health(&stop_reporter, false).await;
+            stop_reporter.shutting_down();
             let _ = draining_tx.send(());
         });
     let drain = config.server.drain_timeout;
@@ -180,25 +184,13 @@ async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
     tokio::time::sleep(drain).await;
 }
 
-async fn set_health(reporter: &HealthReporter, serving: bool) {
-    let status = if serving {
-        tonic_health::ServingStatus::Serving
-    } else {
-        tonic_health::ServingStatus::NotServing
-    };
-    reporter.set_service_status("", status).await;
-    reporter
-        .set_service_status("tokenbridge.v1.TokenExchange", status)
-        .await;
-}
-
 /// Fetches Google's keys until they are there, then reports SERVING.
-async fn warm_keys(jwks: Arc<Jwks>, reporter: HealthReporter) {
+async fn warm_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
     let mut wait = Duration::from_millis(250);
     while !jwks.prefetch().await {
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));
     }
-    set_health(&reporter, true).await;
+    reporter.set_serving();
     info!("Google signing keys loaded; health SERVING");
 }

@@ -20,6 +20,7 @@ pub mod diag;
 pub mod error;
 pub mod exchange;
 pub mod grpc;
+pub mod health;
 pub mod jwks;
 pub mod jwt;
 pub mod policy;

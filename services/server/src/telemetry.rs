@@ -5,6 +5,8 @@
 //! a header. tokenbridge's own code never logs a token, a secret access key or
 //! a session token at any level (a test reads trace-level logs to check).
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::{EnvFilter, filter::Directive};
 
 /// Targets whose trace output could contain request headers or bodies.
@@ -28,6 +30,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(true)
         .try_init();
 }

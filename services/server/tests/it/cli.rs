@@ -292,8 +292,24 @@ async fn sigterm_turns_health_not_serving_and_drains_in_flight_calls() {
         tokio::spawn(async move { client.get_credentials(request(&token, ROLE_A)).await });
     sts.wait_for_requests(1).await;
 
+    // A watcher that never lets go: it must not hold the shutdown open.
+    let mut watcher = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watcher.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
     server.sigterm();
-    wait_for_health(channel.clone(), ServingStatus::NotServing).await;
+    let update = watcher.message().await.unwrap().unwrap();
+    assert_eq!(update.status, ServingStatus::NotServing as i32);
+    assert!(
+        watcher.message().await.unwrap().is_none(),
+        "the watch stream ends on shutdown"
+    );
     assert!(!in_flight.is_finished());
 
     sts.release();
@@ -307,6 +323,7 @@ async fn sigterm_turns_health_not_serving_and_drains_in_flight_calls() {
     let (status, log) = server.wait_exit().await;
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("tokenbridge stopped"), "{log}");
+    assert!(!log.contains("drain timeout reached"), "{log}");
 }
 
 #[tokio::test]

@@ -68,6 +68,13 @@ async fn health_and_reflection_are_served() {
             .into_inner();
         assert_eq!(r.status, 1, "{service:?} is SERVING");
     }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.Such".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
 
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,

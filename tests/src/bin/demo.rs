@@ -1,0 +1,227 @@
+//! The demo: the whole exchange on one machine, with nothing from outside.
+//!
+//! Starts the Google stand-ins (an ID token issuer with its JWKS and a GCE
+//! metadata server), moto for STS, and `tokenbridge-server serve` with a
+//! generated config and `deploy/demo/policy.toml`; asks the metadata server
+//! for an ID token as a workload would; calls `GetCredentials`; prints the
+//! assumed role, session name and expiration (never the secrets); shows a
+//! refused caller; stops everything.
+//!
+//! Run it with `scripts/demo`, which builds the binaries and installs moto.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use clap::Parser;
+use tokenbridge_proto::v1::{GetCredentialsRequest, token_exchange_client::TokenExchangeClient};
+use tokenbridge_testing::{Issuer, JwksServer, MetadataServer, Moto, ServiceAccount};
+use tonic::Request;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const AUDIENCE: &str = "https://tokenbridge.example.com";
+const ROLE: &str = "arn:aws:iam::123456789012:role/RoleForAccessFromGCPTeamA";
+
+/// Runs the tokenbridge demo.
+#[derive(Parser)]
+struct Args {
+    /// The `tokenbridge-server` binary to run.
+    #[arg(long)]
+    server_bin: PathBuf,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+
+    step(
+        "starting the Google stand-ins (ID token issuer + JWKS, GCE metadata server) and moto (STS)",
+    );
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let vm = ServiceAccount::new(
+        "112233445566778899001",
+        "demo-workload@demo-project.iam.gserviceaccount.com",
+    );
+    let metadata = MetadataServer::start(issuer.clone(), vm.clone()).await;
+    let moto = Moto::start().await;
+    println!("  JWKS      {}", jwks.uri());
+    println!("  metadata  http://{}", metadata.host());
+    println!("  STS       {} (moto)", moto.endpoint());
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let policy = root
+        .join("deploy/demo/policy.toml")
+        .canonicalize()
+        .expect("deploy/demo/policy.toml");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{listen}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{}\"\n\n\
+             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{}\"\n\n[policy]\nfile = \"{}\"\n",
+            jwks.uri(),
+            moto.endpoint(),
+            policy.display()
+        ),
+    )
+    .unwrap();
+
+    step(&format!(
+        "starting tokenbridge-server on {listen} (policy: deploy/demo/policy.toml)"
+    ));
+    let mut server = Command::new(&args.server_bin)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tokenbridge-server");
+    let stderr = server.stderr.take().unwrap();
+    // Pass the server's log lines through, indented.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("  [server] {line}");
+        }
+    });
+    let channel = connect(&listen).await;
+    let mut health = HealthClient::new(channel.clone());
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(update) = watch.message().await.unwrap() {
+        if update.status == ServingStatus::Serving as i32 {
+            break;
+        }
+    }
+    println!("  health: SERVING");
+
+    step("the workload asks its metadata server for an ID token (format=full)");
+    let token = reqwest::Client::new()
+        .get(format!(
+            "http://{}/computeMetadata/v1/instance/service-accounts/default/identity",
+            metadata.host()
+        ))
+        .query(&[("audience", AUDIENCE), ("format", "full")])
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .expect("metadata server")
+        .text()
+        .await
+        .unwrap();
+    println!(
+        "  got a {}-byte ID token for {} (sub {})",
+        token.len(),
+        vm.email,
+        vm.unique_id
+    );
+
+    step("GetCredentials: verify the token, apply the policy, AssumeRoleWithWebIdentity");
+    let mut client = TokenExchangeClient::new(channel.clone());
+    let mut req = Request::new(GetCredentialsRequest {
+        role_arn: ROLE.into(),
+        duration_seconds: 0,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let creds = client
+        .get_credentials(req)
+        .await
+        .expect("GetCredentials")
+        .into_inner();
+    let expiration = creds.expiration.unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    println!("  assumed role ARN   {}", creds.assumed_role_arn);
+    println!("  role session name  {}", creds.role_session_name);
+    println!(
+        "  expiration         {} (in {} min)",
+        humantime::format_rfc3339_seconds(
+            UNIX_EPOCH + Duration::from_secs(expiration.seconds.max(0) as u64)
+        ),
+        (expiration.seconds - now) / 60
+    );
+    println!("  access key ID      {}", creds.access_key_id);
+    println!(
+        "  secret access key  ** redacted ** ({} chars)",
+        creds.secret_access_key.len()
+    );
+    println!(
+        "  session token      ** redacted ** ({} chars)",
+        creds.session_token.len()
+    );
+
+    step("a service account with no binding is refused");
+    let stranger = ServiceAccount::new(
+        "555555555555555555555",
+        "stranger@demo-project.iam.gserviceaccount.com",
+    );
+    let mut req = Request::new(GetCredentialsRequest {
+        role_arn: ROLE.into(),
+        duration_seconds: 0,
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", issuer.token(&stranger, AUDIENCE))
+            .parse()
+            .unwrap(),
+    );
+    let status = client.get_credentials(req).await.expect_err("refused");
+    println!("  {:?}: {}", status.code(), status.message());
+
+    step("stopping (SIGTERM: health NOT_SERVING, in-flight calls drain)");
+    drop(client);
+    drop(watch);
+    drop(health);
+    drop(channel);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let exit = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    println!("  tokenbridge-server exited: {exit}");
+    drop(moto);
+    println!("\ndemo finished");
+}
+
+fn step(text: &str) {
+    println!("\n==> {text}");
+}
+
+/// Connects once the server listens (it binds right after reading its config).
+async fn connect(listen: &str) -> tonic::transport::Channel {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{listen}")).unwrap();
+    for _ in 0..100 {
+        if let Ok(channel) = endpoint.connect().await {
+            return channel;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("tokenbridge-server did not start listening on {listen}");
+}
