@@ -18,6 +18,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::{
+    cache::{CredentialCache, SystemClock},
     config::Config,
     exchange::Exchange,
     grpc::TokenExchangeService,
@@ -60,11 +61,17 @@ pub enum AppError {
 pub struct Running {
     /// The address it listens on.
     pub addr: SocketAddr,
+    exchange: Arc<Exchange>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
 }
 
 impl Running {
+    /// The exchange core: replace the policy, inspect the cache.
+    pub fn exchange(&self) -> &Arc<Exchange> {
+        &self.exchange
+    }
+
     /// Starts a graceful shutdown and waits for it to finish.
     pub async fn stop(mut self) -> Result<(), AppError> {
         if let Some(tx) = self.shutdown.take() {
@@ -99,12 +106,15 @@ pub async fn start_on(
         addr: config.server.listen,
         source,
     })?;
+    let service = Service::build(config, policy)?;
+    let exchange = service.exchange.clone();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(serve(config, policy, listener, async {
+    let task = tokio::spawn(service.serve(listener, async {
         let _ = rx.await;
     }));
     Ok(Running {
         addr,
+        exchange,
         shutdown: Some(tx),
         task,
     })
@@ -117,64 +127,111 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let g = &config.google;
-    let jwks = Arc::new(Jwks::new(
-        g.jwks_uri.clone(),
-        g.jwks_timeout,
-        g.jwks_refetch_cooldown,
-    )?);
-    let verifier = Arc::new(Verifier::new(g, jwks.clone()));
-    let sts = Arc::new(Sts::new(&config.aws));
-    let bindings = policy.binding_count();
-    let exchange = Arc::new(Exchange::new(verifier, Arc::new(policy), sts));
+    Service::build(config, policy)?
+        .serve(listener, shutdown)
+        .await
+}
 
-    let (reporter, health) = health();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tokenbridge_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+/// Every component, built and wired, not yet serving.
+struct Service {
+    config: Config,
+    jwks: Arc<Jwks>,
+    exchange: Arc<Exchange>,
+    bindings: usize,
+}
 
-    tokio::spawn(warm_keys(jwks, reporter.clone()));
-
-    let addr = listener.local_addr().ok();
-    info!(
-        listen = ?addr,
-        audiences = ?g.audiences,
-        issuers = ?g.issuers,
-        jwks_uri = %g.jwks_uri,
-        aws_region = %config.aws.region,
-        sts_endpoint = config.aws.sts_endpoint.as_deref().unwrap_or("(regional default)"),
-        sts_timeout_ms = config.aws.sts_timeout.as_millis() as u64,
-        policy_file = %config.policy_file.display(),
-        bindings,
-        "tokenbridge serving"
-    );
-
-    let (draining_tx, draining_rx) = oneshot::channel::<()>();
-    let stop_reporter = reporter.clone();
-    let server = tonic::transport::Server::builder()
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .add_service(health)
-        .add_service(reflection)
-        .add_service(TokenExchangeServer::new(TokenExchangeService::new(
+impl Service {
+    fn build(config: Config, policy: Policy) -> Result<Self, AppError> {
+        let g = &config.google;
+        let jwks = Arc::new(Jwks::new(
+            g.jwks_uri.clone(),
+            g.jwks_timeout,
+            g.jwks_refetch_cooldown,
+        )?);
+        let verifier = Arc::new(Verifier::new(g, jwks.clone()));
+        let sts = Arc::new(Sts::new(&config.aws));
+        let bindings = policy.binding_count();
+        let cache = CredentialCache::new(sts, config.cache.clone(), Arc::new(SystemClock));
+        let exchange = Arc::new(Exchange::new(verifier, policy, cache));
+        Ok(Self {
+            config,
+            jwks,
             exchange,
-        )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            shutdown.await;
-            info!("shutting down: health NOT_SERVING, draining in-flight calls");
-            stop_reporter.shutting_down();
-            let _ = draining_tx.send(());
-        });
-    let drain = config.server.drain_timeout;
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
-        () = drain_deadline(draining_rx, drain) => {
-            warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
-        }
+            bindings,
+        })
     }
-    info!("tokenbridge stopped");
-    Ok(())
+
+    async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let Service {
+            config,
+            jwks,
+            exchange,
+            bindings,
+        } = self;
+        let g = &config.google;
+        let (reporter, health) = health();
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tokenbridge_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let keys = AbortOnDrop(tokio::spawn(keep_keys(jwks, reporter.clone())));
+
+        let addr = listener.local_addr().ok();
+        info!(
+            listen = ?addr,
+            audiences = ?g.audiences,
+            issuers = ?g.issuers,
+            jwks_uri = %g.jwks_uri,
+            aws_region = %config.aws.region,
+            sts_endpoint = config.aws.sts_endpoint.as_deref().unwrap_or("(regional default)"),
+            sts_timeout_ms = config.aws.sts_timeout.as_millis() as u64,
+            policy_file = %config.policy_file.display(),
+            bindings,
+            cache = ?config.cache,
+            "tokenbridge serving"
+        );
+
+        let (draining_tx, draining_rx) = oneshot::channel::<()>();
+        let stop_reporter = reporter.clone();
+        let server = tonic::transport::Server::builder()
+            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .add_service(health)
+            .add_service(reflection)
+            .add_service(TokenExchangeServer::new(TokenExchangeService::new(
+                exchange,
+            )))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.await;
+                info!("shutting down: health NOT_SERVING, draining in-flight calls");
+                stop_reporter.shutting_down();
+                let _ = draining_tx.send(());
+            });
+        let drain = config.server.drain_timeout;
+        tokio::pin!(server);
+        tokio::select! {
+            result = &mut server => result?,
+            () = drain_deadline(draining_rx, drain) => {
+                warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
+            }
+        }
+        drop(keys);
+        info!("tokenbridge stopped");
+        Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
@@ -184,8 +241,9 @@ async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
     tokio::time::sleep(drain).await;
 }
 
-/// Fetches Google's keys until they are there, then reports SERVING.
-async fn warm_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
+/// Fetches Google's keys until they are there, reports SERVING, then keeps
+/// them fresh in the background ahead of `max-age`.
+async fn keep_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
     let mut wait = Duration::from_millis(250);
     while !jwks.prefetch().await {
         tokio::time::sleep(wait).await;
@@ -193,4 +251,5 @@ async fn warm_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
     }
     reporter.set_serving();
     info!("Google signing keys loaded; health SERVING");
+    jwks.keep_fresh().await;
 }

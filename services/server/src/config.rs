@@ -16,6 +16,10 @@
 //! | `aws.sts_endpoint` | regional endpoint | override: VPC endpoint or a local emulator |
 //! | `aws.sts_timeout_ms` | `3000` | one `AssumeRoleWithWebIdentity`, retries included |
 //! | `policy.file` | required | the policy table; relative to the config file's folder |
+//! | `cache.enabled` | `true` | cache credentials per (sub, role, duration) |
+//! | `cache.max_entries` | `100000` | most credentials cached |
+//! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
+//! | `cache.refresh_window_seconds` | `600` | refresh in the background this long before the margin |
 //!
 //! The process reads no environment variable for its configuration except
 //! `RUST_LOG` (log filter).
@@ -29,7 +33,10 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::diag::{Problem, Problems};
+use crate::{
+    cache::CacheConfig,
+    diag::{Problem, Problems},
+};
 
 /// Google's production JWKS endpoint.
 pub const DEFAULT_JWKS_URI: &str = "https://www.googleapis.com/oauth2/v3/certs";
@@ -47,6 +54,8 @@ pub struct Config {
     pub aws: AwsConfig,
     /// `[policy]`: where the policy table comes from.
     pub policy_file: PathBuf,
+    /// `[cache]`: the credentials cache.
+    pub cache: CacheConfig,
 }
 
 /// `[server]`.
@@ -92,6 +101,17 @@ struct RawConfig {
     google: RawGoogle,
     aws: RawAws,
     policy: RawPolicyRef,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    max_entries: Option<Spanned<i64>>,
+    margin_seconds: Option<Spanned<i64>>,
+    refresh_window_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -243,6 +263,34 @@ impl Config {
         }
         let policy_file = path.parent().unwrap_or(Path::new("")).join(policy_rel);
 
+        let c = &raw.cache;
+        let defaults = CacheConfig::default();
+        let cache = CacheConfig {
+            enabled: c.enabled.unwrap_or(defaults.enabled),
+            max_entries: number(
+                &mut problems,
+                "cache.max_entries",
+                &c.max_entries,
+                defaults.max_entries,
+                1..=10_000_000,
+                "entries",
+            ),
+            margin: seconds(
+                &mut problems,
+                "cache.margin_seconds",
+                &c.margin_seconds,
+                defaults.margin.as_secs(),
+                0..=3600 * 11,
+            ),
+            refresh_window: seconds(
+                &mut problems,
+                "cache.refresh_window_seconds",
+                &c.refresh_window_seconds,
+                defaults.refresh_window.as_secs(),
+                0..=3600 * 11,
+            ),
+        };
+
         if !problems.found.is_empty() {
             return Err(problems.found);
         }
@@ -264,6 +312,7 @@ impl Config {
                 sts_timeout,
             },
             policy_file,
+            cache,
         })
     }
 }

@@ -4,14 +4,16 @@
 
 use std::sync::Arc;
 
-use tracing::{info, instrument};
+use arc_swap::ArcSwap;
+use tracing::{debug, instrument};
 
 use crate::{
+    cache::{CacheKey, CredentialCache},
     error::Error,
     jwt::{VerifiedToken, Verifier, VerifyError},
     policy::{self, Denied, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
     secret::Secret,
-    sts::{AssumeRole, AssumeRoleRequest, BoxFuture, Credentials, session_name},
+    sts::{AssumeRoleRequest, BoxFuture, Credentials, session_name},
 };
 
 /// Verifies ID tokens.
@@ -47,22 +49,32 @@ pub struct Issued {
 /// The exchange service's core.
 pub struct Exchange {
     verifier: Arc<dyn VerifyToken>,
-    policy: Arc<Policy>,
-    sts: Arc<dyn AssumeRole>,
+    policy: ArcSwap<Policy>,
+    credentials: CredentialCache,
 }
 
 impl Exchange {
-    /// Wires the three steps together.
+    /// Wires the three steps together; STS is reached through `credentials`.
     pub fn new(
         verifier: Arc<dyn VerifyToken>,
-        policy: Arc<Policy>,
-        sts: Arc<dyn AssumeRole>,
+        policy: Policy,
+        credentials: CredentialCache,
     ) -> Self {
         Self {
             verifier,
-            policy,
-            sts,
+            policy: ArcSwap::from_pointee(policy),
+            credentials,
         }
+    }
+
+    /// Replaces the policy table; the next request is decided by the new one.
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The credentials cache.
+    pub fn cache(&self) -> &CredentialCache {
+        &self.credentials
     }
 
     /// Exchanges `token` for credentials as `req` asks, if the policy allows.
@@ -91,10 +103,8 @@ impl Exchange {
             sub: &claims.sub,
             verified_email: claims.verified_email(),
         };
-        let allowed = self
-            .policy
-            .decide(who, &req.role_arn)
-            .map_err(|denied| match denied {
+        let allowed = self.policy.load().decide(who, &req.role_arn).map_err(
+            |denied| match denied {
                 Denied::NoRoles => Error::PermissionDenied(format!(
                     "no binding grants any role to service account {}",
                     who.describe()
@@ -110,7 +120,8 @@ impl Exchange {
                     roles.len(),
                     roles.join(", ")
                 )),
-            })?;
+            },
+        )?;
         tracing::Span::current().record("role_arn", allowed.role_arn.as_str());
 
         let grant = &allowed.grant;
@@ -126,16 +137,21 @@ impl Exchange {
         };
 
         let role_session_name = session_name(&claims.sub);
-        let credentials = self
-            .sts
-            .assume_role(AssumeRoleRequest {
-                role_arn: allowed.role_arn.clone(),
-                session_name: role_session_name.clone(),
-                duration_seconds: duration,
-                web_identity_token: verified.token.clone(),
-            })
-            .await?;
-        info!(
+        let key = CacheKey {
+            subject: claims.sub.clone(),
+            role_arn: allowed.role_arn.clone(),
+            duration_seconds: duration,
+        };
+        let request = AssumeRoleRequest {
+            role_arn: allowed.role_arn.clone(),
+            session_name: role_session_name.clone(),
+            duration_seconds: duration,
+            web_identity_token: verified.token.clone(),
+        };
+        let credentials = self.credentials.get(key, request).await?;
+        // Per-exchange records belong to the audit log; at fleet rates an
+        // info line per call would cost more than the exchange itself.
+        debug!(
             sub = %claims.sub,
             role_arn = %allowed.role_arn,
             bindings = ?grant.bindings,

@@ -63,6 +63,8 @@ pub enum KeyError {
 struct KeySet {
     keys: HashMap<String, Arc<DecodingKey>>,
     expires_at: Instant,
+    /// When the background refresher fetches again: 75-85% into `max-age`.
+    refresh_due: Instant,
 }
 
 #[derive(Default)]
@@ -180,18 +182,50 @@ impl Jwks {
             }
             gate.last_kid_refetch = Some(now);
         }
-        match self.fetch().await {
+        self.fetch_and_store(&mut gate).await;
+        self.snapshot()
+    }
+
+    /// Fetches under the gate; returns whether a new key set is in place.
+    async fn fetch_and_store(&self, gate: &mut Gate) -> bool {
+        let ok = match self.fetch().await {
             Ok(set) => {
                 gate.last_failure = None;
                 self.store(set);
+                true
             }
             Err(reason_text) => {
                 gate.last_failure = Some(Instant::now());
                 warn!(jwks_uri = %self.uri, error = %reason_text, stale_keys_kept = self.has_keys(), "JWKS fetch failed");
+                false
+            }
+        };
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        ok
+    }
+
+    /// Refreshes the keys ahead of `max-age`, for as long as it runs: at
+    /// 75-85% of each set's `max-age` (jittered), and after a failure again
+    /// with exponential backoff from 1 s to 60 s, keeping the last good set.
+    pub async fn keep_fresh(&self) {
+        loop {
+            let due = self
+                .snapshot()
+                .map_or_else(Instant::now, |set| set.refresh_due);
+            tokio::time::sleep_until(due).await;
+            let mut retry = FAILURE_RETRY;
+            loop {
+                let ok = {
+                    let mut gate = self.gate.lock().await;
+                    self.fetch_and_store(&mut gate).await
+                };
+                if ok {
+                    break;
+                }
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(60));
             }
         }
-        self.attempts.fetch_add(1, Ordering::AcqRel);
-        self.snapshot()
     }
 
     async fn fetch(&self) -> Result<KeySet, String> {
@@ -237,9 +271,12 @@ impl Jwks {
             max_age_secs = max_age.as_secs(),
             "fetched Google signing keys"
         );
+        let now = Instant::now();
+        let refresh_due = now + max_age.mul_f64(rand::random_range(0.75..0.85));
         Ok(KeySet {
             keys,
-            expires_at: Instant::now() + max_age,
+            expires_at: now + max_age,
+            refresh_due,
         })
     }
 }

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod diag;
 pub mod error;

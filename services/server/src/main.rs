@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use tracing::error;
+use tracing::{error, info};
 
 /// Exit status for bad configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -89,8 +89,21 @@ fn main() -> ExitCode {
                         return ExitCode::from(EX_UNAVAILABLE);
                     }
                 };
-                match tokenbridge_server::app::serve(cfg, policy, listener, shutdown_signal()).await
-                {
+                // Handlers first: a signal that arrives while starting is not lost.
+                let Some(signals) = Signals::install() else {
+                    error!("cannot install signal handlers");
+                    return ExitCode::from(EX_UNAVAILABLE);
+                };
+                let policy_file = cfg.policy_file.clone();
+                let running = match tokenbridge_server::app::start_on(cfg, policy, listener).await {
+                    Ok(running) => running,
+                    Err(e) => {
+                        error!(error = %e, "cannot start");
+                        return ExitCode::from(EX_UNAVAILABLE);
+                    }
+                };
+                signals.wait_for_shutdown(&running, &policy_file).await;
+                match running.stop().await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         error!(error = %e, "server failed");
@@ -102,22 +115,47 @@ fn main() -> ExitCode {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
+/// The signals the server acts on.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Some(Self {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the policy file (a
+    /// file with problems is refused whole: the problems are logged and the
+    /// current policy stays).
+    async fn wait_for_shutdown(
+        mut self,
+        running: &tokenbridge_server::app::Running,
+        policy_file: &std::path::Path,
     ) {
-        (Ok(mut term), Ok(mut int)) => {
+        loop {
             tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => match tokenbridge_server::Policy::load(policy_file) {
+                    Ok(policy) => {
+                        info!(bindings = policy.binding_count(), file = %policy_file.display(), "policy reloaded (SIGHUP)");
+                        running.exchange().set_policy(policy);
+                    }
+                    Err(problems) => {
+                        for p in &problems {
+                            error!(problem = %p, "policy reload refused");
+                        }
+                    }
+                },
             }
-        }
-        _ => {
-            error!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
         }
     }
 }

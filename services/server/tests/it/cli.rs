@@ -242,6 +242,32 @@ impl Server {
         channel
     }
 
+    fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for a log line containing `needle`.
+    async fn wait_log(&mut self, needle: &str) {
+        let wait = async {
+            while let Some(line) = self.ready.recv().await {
+                if line.contains(needle) {
+                    return;
+                }
+            }
+            panic!(
+                "the server exited before logging {needle:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("log line");
+    }
+
     fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -393,4 +419,67 @@ async fn trace_logs_carry_no_token_secret_key_or_session_token() {
         log.contains(&creds.access_key_id),
         "the access key ID is logged (it is not secret)"
     );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write_config(dir.path(), &addr, &jwks.uri(), &sts.endpoint());
+    let mut server = Server::spawn(&config, addr, "info");
+    let channel = server.wait_serving().await;
+    let mut client = TokenExchangeClient::new(channel.clone());
+    let token = issuer.token(&workload(), AUDIENCE);
+    client
+        .get_credentials(request(&token, ROLE_A))
+        .await
+        .unwrap();
+
+    // Drop the binding that grants ROLE_A, reload: denied at once (the
+    // credentials are cached, the decision is not).
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        policy_toml().replace("[\"112233445566778899001\"]", "[\"444444444444444444444\"]"),
+    )
+    .unwrap();
+    server.hangup();
+    server.wait_log("policy reloaded").await;
+    let status = client
+        .get_credentials(request(&token, ROLE_A))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+
+    // A broken file is refused whole; the last good policy stays.
+    std::fs::write(&policy, "[[binding]]\nname = 7\n").unwrap();
+    server.hangup();
+    server.wait_log("policy reload refused").await;
+    let status = client
+        .get_credentials(request(&token, ROLE_A))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::PermissionDenied,
+        "{}",
+        status.message()
+    );
+    client
+        .get_credentials(request(&token, ROLE_B))
+        .await
+        .unwrap();
+    drop(client);
+    drop(channel);
+    server.sigterm();
+    let (status, _) = server.wait_exit().await;
+    assert!(status.success());
 }

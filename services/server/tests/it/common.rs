@@ -8,6 +8,7 @@ use tokenbridge_proto::v1::{
 use tokenbridge_server::{
     Policy,
     app::{self, Running},
+    cache::CacheConfig,
     config::{AwsConfig, Config, DEFAULT_ISSUERS, GoogleConfig, ServerConfig},
 };
 use tokenbridge_testing::{Issuer, JwksServer, Moto, ServiceAccount};
@@ -78,6 +79,7 @@ pub struct Options {
     pub sts_timeout: Duration,
     /// Wait for health SERVING (Google's keys loaded) before returning.
     pub wait_ready: bool,
+    pub cache: CacheConfig,
 }
 
 impl Default for Options {
@@ -89,6 +91,7 @@ impl Default for Options {
             cooldown: Duration::from_secs(30),
             sts_timeout: Duration::from_secs(3),
             wait_ready: true,
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
             sts_timeout: opts.sts_timeout,
         },
         policy_file: PathBuf::from("policy.toml"),
+        cache: opts.cache.clone(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod cache;
 mod cli;
 mod common;
 mod exchange;

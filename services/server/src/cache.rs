@@ -1,0 +1,526 @@
+//! The credentials cache: one STS call per (identity, role, duration) per
+//! credential lifetime, however many callers ask.
+//!
+//! * Keyed by everything that shapes the credentials: the caller's `sub`, the
+//!   role ARN and the duration (extend [`CacheKey`] when the STS call gains
+//!   inputs).
+//! * Concurrent misses for one key share a single STS call (moka's
+//!   `try_get_with`); a failure is not cached, the next caller tries again.
+//! * A cached credential is handed out only while more than `margin` of its
+//!   life remains (default 20 minutes: more than botocore's 15-minute refresh
+//!   window, so an SDK never receives something it would immediately refresh).
+//!   Entries also expire from the cache at that point.
+//! * A hit inside the refresh window (between `margin + refresh_window` and
+//!   `margin` before expiry, the start jittered per entry) returns the cached
+//!   credential at once and refreshes it in the background with the caller's
+//!   own, just-verified token; a failed refresh keeps the good credential.
+//! * Requests whose duration leaves no room for the margin bypass the cache.
+//! * The policy decision is made by the caller before the cache is consulted,
+//!   so a removed binding is denied at once, cached credentials or not.
+//! * Size-bounded by entry count (`cache.max_entries`). One entry holds the
+//!   key (~100 B), the credentials (~1.3 KiB with a typical 800-byte session
+//!   token) and bookkeeping: about 2 KiB, so 100,000 entries ≈ 200 MiB and
+//!   10,000 ≈ 20 MiB.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use moka::{Expiry, future::Cache, ops::compute::Op};
+use rand::Rng as _;
+use tracing::{debug, warn};
+
+use crate::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError};
+
+/// Tells the time; tests move it.
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now(&self) -> SystemTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// `[cache]` settings.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// Whether credentials are cached at all.
+    pub enabled: bool,
+    /// Most entries held.
+    pub max_entries: u64,
+    /// Never hand out a credential with less life left than this.
+    pub margin: Duration,
+    /// Refresh in the background this long before the margin (jittered).
+    pub refresh_window: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: 100_000,
+            margin: Duration::from_secs(20 * 60),
+            refresh_window: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Everything that shapes the credentials STS returns.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    /// The caller's `sub`.
+    pub subject: String,
+    /// The role.
+    pub role_arn: String,
+    /// The requested lifetime.
+    pub duration_seconds: u32,
+}
+
+struct Entry {
+    credentials: Credentials,
+    /// When to start a background refresh (Unix milliseconds); pushed back
+    /// by [`REFRESH_RETRY`] after a failed one.
+    refresh_at: AtomicU64,
+    refreshing: AtomicBool,
+}
+
+/// After a failed background refresh, the next one waits this long.
+pub const REFRESH_RETRY: Duration = Duration::from_secs(30);
+
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+struct UntilMargin {
+    margin: Duration,
+}
+
+impl UntilMargin {
+    fn left(&self, entry: &Entry) -> Option<Duration> {
+        let usable_until = entry.credentials.expiration.checked_sub(self.margin)?;
+        Some(
+            usable_until
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Expiry<CacheKey, Arc<Entry>> for UntilMargin {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        value: &Arc<Entry>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.left(value).unwrap_or_default())
+    }
+
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        value: &Arc<Entry>,
+        _: std::time::Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.left(value).unwrap_or_default())
+    }
+}
+
+/// STS behind the cache.
+pub struct CredentialCache {
+    entries: Cache<CacheKey, Arc<Entry>>,
+    sts: Arc<dyn AssumeRole>,
+    config: CacheConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl CredentialCache {
+    /// A cache in front of `sts`.
+    pub fn new(sts: Arc<dyn AssumeRole>, config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        let entries = Cache::builder()
+            .max_capacity(config.max_entries)
+            .expire_after(UntilMargin {
+                margin: config.margin,
+            })
+            .build();
+        Self {
+            entries,
+            sts,
+            config,
+            clock,
+        }
+    }
+
+    /// How many credentials are cached (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Runs moka's pending housekeeping (evictions), for exact counts in tests.
+    pub async fn sync(&self) {
+        self.entries.run_pending_tasks().await;
+    }
+
+    /// Credentials for `key`: cached while usable, else from STS with `req`.
+    pub async fn get(
+        &self,
+        key: CacheKey,
+        req: AssumeRoleRequest,
+    ) -> Result<Credentials, StsError> {
+        let room = self.config.margin + Duration::from_secs(60);
+        if !self.config.enabled || Duration::from_secs(u64::from(req.duration_seconds)) <= room {
+            return self.sts.assume_role(req).await;
+        }
+        if let Some(entry) = self.entries.get(&key).await {
+            if self.usable(&entry) {
+                self.maybe_refresh(&key, &entry, &req);
+                return Ok(entry.credentials.clone());
+            }
+            self.remove_if_same(&key, &entry).await;
+        }
+        let sts = self.sts.clone();
+        let entry = self
+            .entries
+            .try_get_with(key.clone(), async move {
+                let credentials = sts.assume_role(req).await?;
+                Ok::<_, StsError>(self.entry(credentials))
+            })
+            .await
+            .map_err(|e| (*e).clone())?;
+        if !self.usable(&entry) {
+            // Straight from STS but already inside the margin: hand it to this
+            // caller (there is nothing better), never to the next one.
+            self.remove_if_same(&key, &entry).await;
+        }
+        Ok(entry.credentials.clone())
+    }
+
+    fn entry(&self, credentials: Credentials) -> Arc<Entry> {
+        new_entry(credentials, self.config.margin, self.config.refresh_window)
+    }
+
+    fn usable(&self, entry: &Entry) -> bool {
+        self.clock.now() + self.config.margin < entry.credentials.expiration
+    }
+
+    async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<Entry>) {
+        self.entries
+            .entry_by_ref(key)
+            .and_compute_with(|current| {
+                let op = match current {
+                    Some(c) if Arc::ptr_eq(c.value(), stale) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+    }
+
+    /// Inside the refresh window, one background refresh per entry.
+    fn maybe_refresh(&self, key: &CacheKey, entry: &Arc<Entry>, req: &AssumeRoleRequest) {
+        let now = self.clock.now();
+        if millis(now) < entry.refresh_at.load(Ordering::Acquire)
+            || entry.refreshing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (entries, sts, key, entry, req) = (
+            self.entries.clone(),
+            self.sts.clone(),
+            key.clone(),
+            entry.clone(),
+            req.clone(),
+        );
+        let (margin, window) = (self.config.margin, self.config.refresh_window);
+        tokio::spawn(async move {
+            match sts.assume_role(req).await {
+                Ok(credentials) => {
+                    debug!(role_arn = %key.role_arn, "cached credentials refreshed ahead of the margin");
+                    entries
+                        .insert(key, new_entry(credentials, margin, window))
+                        .await;
+                }
+                Err(e) => {
+                    warn!(role_arn = %key.role_arn, error = %e, "background refresh failed; the cached credentials stay in use");
+                    entry
+                        .refresh_at
+                        .store(millis(now + REFRESH_RETRY), Ordering::Release);
+                    entry.refreshing.store(false, Ordering::Release);
+                }
+            }
+        });
+    }
+}
+
+/// An entry whose background refresh starts between `margin + window / 2`
+/// and `margin + window` before expiry, at random, so entries cached together
+/// do not all refresh together.
+fn new_entry(credentials: Credentials, margin: Duration, window: Duration) -> Arc<Entry> {
+    let jitter = if window.is_zero() {
+        Duration::ZERO
+    } else {
+        rand::rng().random_range(window / 2..=window)
+    };
+    let refresh_at = credentials
+        .expiration
+        .checked_sub(margin + jitter)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    Arc::new(Entry {
+        credentials,
+        refresh_at: AtomicU64::new(millis(refresh_at)),
+        refreshing: AtomicBool::new(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Mutex, atomic::AtomicUsize};
+
+    use super::*;
+    use crate::{secret::Secret, sts::BoxFuture};
+
+    /// A clock tests move by hand.
+    struct ManualClock(Mutex<SystemTime>);
+
+    impl ManualClock {
+        fn advance(&self, by: Duration) {
+            let mut now = self.0.lock().unwrap();
+            *now += by;
+        }
+    }
+
+    impl Clock for ManualClock {
+        fn now(&self) -> SystemTime {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// An STS that counts calls, issues credentials valid for the requested
+    /// duration from the manual clock's now, and can be made to fail or wait.
+    struct CountingSts {
+        clock: Arc<ManualClock>,
+        calls: AtomicUsize,
+        fail: AtomicBool,
+        gate: tokio::sync::Semaphore,
+    }
+
+    impl AssumeRole for CountingSts {
+        fn assume_role(
+            &self,
+            req: AssumeRoleRequest,
+        ) -> BoxFuture<'_, Result<Credentials, StsError>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+                let _permit = self.gate.acquire().await.unwrap();
+                if self.fail.load(Ordering::SeqCst) {
+                    return Err(StsError::Throttled("slow down".into()));
+                }
+                Ok(Credentials {
+                    access_key_id: format!("ASIA{n:016}"),
+                    secret_access_key: Secret::new(format!("secret-{n}")),
+                    session_token: Secret::new(format!("session-{n}")),
+                    expiration: self.clock.now()
+                        + Duration::from_secs(u64::from(req.duration_seconds)),
+                    assumed_role_arn: format!("{}/{}", req.role_arn, req.session_name),
+                    request_id: None,
+                })
+            })
+        }
+    }
+
+    fn setup(config: CacheConfig) -> (Arc<CredentialCache>, Arc<CountingSts>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
+        let sts = Arc::new(CountingSts {
+            clock: clock.clone(),
+            calls: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+            gate: tokio::sync::Semaphore::new(Semaphore::MAX_PERMITS),
+        });
+        let cache = Arc::new(CredentialCache::new(sts.clone(), config, clock.clone()));
+        (cache, sts, clock)
+    }
+
+    use tokio::sync::Semaphore;
+
+    fn key(subject: &str, duration_seconds: u32) -> CacheKey {
+        CacheKey {
+            subject: subject.into(),
+            role_arn: "arn:aws:iam::123456789012:role/R".into(),
+            duration_seconds,
+        }
+    }
+
+    fn req(duration_seconds: u32) -> AssumeRoleRequest {
+        AssumeRoleRequest {
+            role_arn: "arn:aws:iam::123456789012:role/R".into(),
+            session_name: "s".into(),
+            duration_seconds,
+            web_identity_token: Secret::new("token".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_cold_requests_share_one_sts_call() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        // Hold STS until every caller is waiting on the same load.
+        let gate_permits = sts.gate.available_permits();
+        sts.gate.forget_permits(gate_permits);
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let cache = cache.clone();
+            calls.spawn(async move {
+                cache
+                    .get(key("a", 3600), req(3600))
+                    .await
+                    .unwrap()
+                    .access_key_id
+            });
+        }
+        // Let every task reach the cache before STS answers.
+        while sts.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        sts.gate.add_permits(1);
+        let keys = calls.join_all().await;
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+        assert!(keys.iter().all(|k| k == &keys[0]));
+    }
+
+    #[tokio::test]
+    async fn distinct_keys_get_distinct_calls() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        cache.get(key("a", 3600), req(3600)).await.unwrap();
+        cache.get(key("b", 3600), req(3600)).await.unwrap();
+        cache.get(key("a", 7200), req(7200)).await.unwrap();
+        cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn never_handed_out_inside_the_margin() {
+        let config = CacheConfig {
+            refresh_window: Duration::ZERO,
+            ..CacheConfig::default()
+        };
+        let margin = config.margin;
+        let (cache, sts, clock) = setup(config);
+        let first = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        // Just before the margin: still the cached credential.
+        clock.advance(Duration::from_secs(3600) - margin - Duration::from_secs(1));
+        assert_eq!(
+            cache
+                .get(key("a", 3600), req(3600))
+                .await
+                .unwrap()
+                .access_key_id,
+            first.access_key_id
+        );
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+        // At the margin: a new one, and what is handed out has more than the margin left.
+        clock.advance(Duration::from_secs(1));
+        let second = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_ne!(second.access_key_id, first.access_key_id);
+        assert!(second.expiration.duration_since(clock.now()).unwrap() > margin);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn refreshed_in_the_background_before_the_margin() {
+        let config = CacheConfig::default();
+        let (margin, window) = (config.margin, config.refresh_window);
+        let (cache, sts, clock) = setup(config);
+        let first = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        // Past the latest possible refresh point, before the margin.
+        clock.advance(Duration::from_secs(3600) - margin - window / 2 + Duration::from_secs(1));
+        let during = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(
+            during.access_key_id, first.access_key_id,
+            "the cached credential is returned at once"
+        );
+        // The background refresh replaces it.
+        loop {
+            let now = cache.get(key("a", 3600), req(3600)).await.unwrap();
+            if now.access_key_id != first.access_key_id {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_background_refresh_keeps_the_good_credential() {
+        let (cache, sts, clock) = setup(CacheConfig::default());
+        let first = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        sts.fail.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_secs(3600 - 1200 - 300 + 1));
+        let again = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(again.access_key_id, first.access_key_id);
+        // Wait for the refresh attempt to fail, then the good one is still served.
+        while sts.calls.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            cache
+                .get(key("a", 3600), req(3600))
+                .await
+                .unwrap()
+                .access_key_id,
+            first.access_key_id
+        );
+    }
+
+    #[tokio::test]
+    async fn short_durations_bypass_the_cache() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        cache.get(key("a", 900), req(900)).await.unwrap();
+        cache.get(key("a", 900), req(900)).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.entry_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn failures_are_not_cached() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        sts.fail.store(true, Ordering::SeqCst);
+        assert!(cache.get(key("a", 3600), req(3600)).await.is_err());
+        sts.fail.store(false, Ordering::SeqCst);
+        assert!(cache.get(key("a", 3600), req(3600)).await.is_ok());
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn the_bound_holds() {
+        let (cache, _, _) = setup(CacheConfig {
+            max_entries: 50,
+            ..CacheConfig::default()
+        });
+        for i in 0..500 {
+            cache
+                .get(key(&format!("sub-{i}"), 3600), req(3600))
+                .await
+                .unwrap();
+        }
+        cache.sync().await;
+        assert!(cache.entry_count() <= 50, "{}", cache.entry_count());
+    }
+}

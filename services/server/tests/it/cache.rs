@@ -1,0 +1,123 @@
+//! The credentials cache through the whole service: one STS call per
+//! identity and role, and the policy decided before the cache every time.
+
+use tokenbridge_server::Policy;
+use tokenbridge_testing::{FakeSts, FakeStsMode};
+use tonic::Code;
+
+use crate::common::*;
+
+#[tokio::test]
+async fn hundreds_of_concurrent_cold_requests_make_one_sts_call() {
+    let sts = FakeSts::start(FakeStsMode::Gated).await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    let token = env.token(&workload());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let mut client = env.client.clone();
+        let token = token.clone();
+        calls.spawn(async move {
+            let mut req = tonic::Request::new(tokenbridge_proto::v1::GetCredentialsRequest {
+                role_arn: ROLE_A.into(),
+                duration_seconds: 0,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            client
+                .get_credentials(req)
+                .await
+                .map(|r| r.into_inner().access_key_id)
+        });
+    }
+    sts.wait_for_requests(1).await;
+    sts.release();
+    let keys = calls.join_all().await;
+    assert!(
+        keys.iter()
+            .all(|k| matches!(k, Ok(id) if id == tokenbridge_testing::FAKE_ACCESS_KEY_ID))
+    );
+    assert_eq!(sts.request_count(), 1, "300 callers, one STS call");
+}
+
+#[tokio::test]
+async fn repeated_requests_are_served_from_the_cache_per_identity_and_role() {
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    let token = env.token(&workload());
+    for _ in 0..5 {
+        env.call(&token, ROLE_A, 0).await.unwrap();
+    }
+    assert_eq!(sts.request_count(), 1);
+    // Another role, another duration, another identity: each its own call.
+    env.call(&token, ROLE_B, 0).await.unwrap();
+    env.call(&token, ROLE_A, 7200).await.unwrap();
+    env.call(&env.token(&single()), "", 0).await.unwrap();
+    assert_eq!(sts.request_count(), 4);
+    // A fresh token of the same identity still hits the cache.
+    env.call(&env.token(&workload()), ROLE_A, 0).await.unwrap();
+    assert_eq!(sts.request_count(), 4);
+}
+
+#[tokio::test]
+async fn removing_a_binding_denies_at_once_even_with_credentials_cached() {
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    let token = env.token(&workload());
+    env.call(&token, ROLE_A, 0).await.unwrap();
+    env.call(&token, ROLE_A, 0).await.unwrap();
+    assert_eq!(sts.request_count(), 1, "cached");
+
+    // The same policy without the `by-id` binding.
+    let without = policy_toml()
+        .replace("name = \"by-id\"", "name = \"gone\"")
+        .replace(
+            "service_accounts = [\"112233445566778899001\"]",
+            "service_accounts = [\"444444444444444444444\"]",
+        );
+    env.server
+        .as_ref()
+        .unwrap()
+        .exchange()
+        .set_policy(Policy::from_toml_str(&without, "p.toml".as_ref()).unwrap());
+    assert_status(
+        env.call(&token, ROLE_A, 0).await,
+        Code::PermissionDenied,
+        "no binding grants role",
+        &token,
+    );
+    assert_eq!(sts.request_count(), 1);
+}
+
+#[tokio::test]
+async fn sts_failures_are_not_cached() {
+    let sts = FakeSts::start(FakeStsMode::Error {
+        status: 503,
+        code: "ServiceUnavailable".into(),
+        message: "down".into(),
+    })
+    .await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    let token = env.token(&workload());
+    assert_eq!(
+        env.call(&token, ROLE_A, 0).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    sts.set_mode(FakeStsMode::Success);
+    env.call(&token, ROLE_A, 0).await.unwrap();
+}
