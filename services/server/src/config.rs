@@ -12,6 +12,7 @@
 //! | `google.issuers` | both Google issuers | accepted `iss` values |
 //! | `google.jwks_refetch_cooldown_seconds` | `30` | at most one unknown-`kid` refetch per this many seconds |
 //! | `google.jwks_timeout_ms` | `2000` | one JWKS fetch, connect to last byte |
+//! | `google.verified_token_cache_entries` | `100000` | verified tokens remembered until `exp` (0: off) |
 //! | `aws.region` | required | STS regional endpoint |
 //! | `aws.sts_endpoint` | regional endpoint | override: VPC endpoint or a local emulator |
 //! | `aws.sts_timeout_ms` | `3000` | one `AssumeRoleWithWebIdentity`, retries included |
@@ -80,6 +81,8 @@ pub struct GoogleConfig {
     pub jwks_refetch_cooldown: Duration,
     /// Time limit of one JWKS fetch.
     pub jwks_timeout: Duration,
+    /// Most verified tokens remembered (0: verify every time).
+    pub verified_token_cache_entries: u64,
 }
 
 /// `[aws]`: how STS is called.
@@ -129,6 +132,7 @@ struct RawGoogle {
     issuers: Option<Spanned<Vec<Spanned<String>>>>,
     jwks_refetch_cooldown_seconds: Option<Spanned<i64>>,
     jwks_timeout_ms: Option<Spanned<i64>>,
+    verified_token_cache_entries: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -224,6 +228,14 @@ impl Config {
             30,
             1..=86_400,
         );
+        let verified_token_cache_entries = number(
+            &mut problems,
+            "google.verified_token_cache_entries",
+            &g.verified_token_cache_entries,
+            100_000,
+            0..=10_000_000,
+            "entries",
+        );
         let jwks_timeout = millis(
             &mut problems,
             "google.jwks_timeout_ms",
@@ -305,6 +317,7 @@ impl Config {
                 issuers,
                 jwks_refetch_cooldown: cooldown,
                 jwks_timeout,
+                verified_token_cache_entries,
             },
             aws: AwsConfig {
                 region: region.clone(),

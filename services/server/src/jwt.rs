@@ -21,6 +21,14 @@
 //!
 //! The header fields `jku`, `x5u`, `jwk` and `x5c` are never used: the key
 //! always comes from the configured JWKS, by `kid`.
+//!
+//! Verified-token cache (`google.verified_token_cache_entries`, default
+//! 100,000; 0 turns it off): a fleet presents the same token many times in its
+//! hour of life, so the claims of a verified token are kept, keyed by the
+//! SHA-256 of the whole token, until its `exp` plus the skew. A hit skips the
+//! RSA verification and the parsing and re-checks only the time rules. The
+//! trade-off: a token verified with a key that Google then withdraws stays
+//! accepted until it expires (at most an hour), as it would be by STS itself.
 
 use std::{
     cell::RefCell,
@@ -34,6 +42,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     config::GoogleConfig,
@@ -156,6 +165,26 @@ pub struct Verifier {
     validation: Validation,
     issuers: HashSet<String>,
     audiences: HashSet<String>,
+    verified: Option<moka::sync::Cache<[u8; 32], Arc<Claims>>>,
+}
+
+/// Keeps a verified token's claims until its `exp` plus the skew.
+struct UntilExp;
+
+impl moka::Expiry<[u8; 32], Arc<Claims>> for UntilExp {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        claims: &Arc<Claims>,
+        _: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Some(std::time::Duration::from_secs(
+            claims.exp.saturating_add(SKEW_SECONDS).saturating_sub(now),
+        ))
+    }
 }
 
 impl fmt::Debug for Verifier {
@@ -177,11 +206,18 @@ impl Verifier {
         validation.set_issuer(&google.issuers);
         validation.set_audience(&google.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let verified = (google.verified_token_cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(google.verified_token_cache_entries)
+                .expire_after(UntilExp)
+                .build()
+        });
         Self {
             jwks,
             validation,
             issuers: google.issuers.iter().cloned().collect(),
             audiences: google.audiences.iter().cloned().collect(),
+            verified,
         }
     }
 
@@ -205,6 +241,16 @@ impl Verifier {
         if raw.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::TooLarge(raw.len()));
         }
+        // A token verified before is known by its SHA-256; only the
+        // time-dependent rules are checked again.
+        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
+        if let Some(claims) = self.verified.as_ref().and_then(|c| c.get(&digest)) {
+            self.check_claims(&claims, now)?;
+            return Ok(VerifiedToken {
+                token,
+                claims: Claims::clone(&claims),
+            });
+        }
         let (header, payload) = split_compact(raw)?;
         let kid = check_header(header)?;
         // Parsed strictly before the signature check only to refuse duplicate
@@ -218,6 +264,9 @@ impl Verifier {
         jsonwebtoken::decode::<de::IgnoredAny>(raw, &key, &self.validation)
             .map_err(|e| map_jwt_error(e.kind()))?;
         self.check_claims(&claims, now)?;
+        if let Some(cache) = &self.verified {
+            cache.insert(digest, Arc::new(claims.clone()));
+        }
         Ok(VerifiedToken { token, claims })
     }
 

@@ -80,6 +80,7 @@ pub struct Options {
     /// Wait for health SERVING (Google's keys loaded) before returning.
     pub wait_ready: bool,
     pub cache: CacheConfig,
+    pub verified_token_cache_entries: u64,
 }
 
 impl Default for Options {
@@ -92,6 +93,7 @@ impl Default for Options {
             sts_timeout: Duration::from_secs(3),
             wait_ready: true,
             cache: CacheConfig::default(),
+            verified_token_cache_entries: 100_000,
         }
     }
 }
@@ -108,6 +110,7 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
             issuers: DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
             jwks_refetch_cooldown: opts.cooldown,
             jwks_timeout: Duration::from_secs(2),
+            verified_token_cache_entries: opts.verified_token_cache_entries,
         },
         aws: AwsConfig {
             region: "us-east-1".into(),

@@ -491,3 +491,50 @@ async fn unreachable_jwks_with_no_cached_key_is_unavailable() {
         &token,
     );
 }
+
+#[tokio::test]
+async fn a_remembered_token_does_not_vouch_for_a_forgery_of_it() {
+    let env = Env::start().await;
+    let good = env.token(&workload());
+    env.call(&good, ROLE_A, 0).await.unwrap();
+    env.call(&good, ROLE_A, 0).await.unwrap();
+    // Same header and payload, someone else's signature.
+    let (message, _) = good.rsplit_once('.').unwrap();
+    let other = env.token(&stranger());
+    let forged = format!("{message}.{}", other.rsplit_once('.').unwrap().1);
+    assert_status(
+        env.call(&forged, ROLE_A, 0).await,
+        Code::Unauthenticated,
+        "signature is invalid",
+        &forged,
+    );
+    // And the good one still works.
+    env.call(&good, ROLE_A, 0).await.unwrap();
+}
+
+#[tokio::test]
+async fn verification_without_the_token_cache_behaves_the_same() {
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let env = Env::start_on(
+        issuer,
+        jwks,
+        Options {
+            verified_token_cache_entries: 0,
+            ..Options::default()
+        },
+    )
+    .await;
+    let good = env.token(&workload());
+    env.call(&good, ROLE_A, 0).await.unwrap();
+    let mut c = env.claims(&workload());
+    c.insert("exp".into(), json!(now() - 120));
+    c.insert("iat".into(), json!(now() - 1000));
+    let expired = env.issuer.sign(&c);
+    assert_status(
+        env.call(&expired, ROLE_A, 0).await,
+        Code::Unauthenticated,
+        "token expired",
+        &expired,
+    );
+}

@@ -1,0 +1,645 @@
+//! `tokenbridge-loadtest`: drives `GetCredentials` over many connections with
+//! many identities, for a duration or a count, at a fixed rate or flat out,
+//! against tokenbridge and, in the same run, against a null service of the
+//! same proto (the transport floor). Tokens come from the project's stand-in
+//! issuer, STS is moto behind a counting proxy (or the fake STS).
+//!
+//! ```text
+//! tokenbridge-loadtest run --server-bin target/release/tokenbridge-server \
+//!     --duration 10s --connections 8 --concurrency 64 --identities 1000
+//! ```
+//!
+//! Reports requests/s, latency p50/p90/p99/p99.9/max, errors by status code,
+//! STS calls made, server RSS and cold start to SERVING; prints a table and,
+//! with `--json FILE`, writes the same as JSON.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod null;
+mod sts_counter;
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokenbridge_proto::v1::{GetCredentialsRequest, token_exchange_client::TokenExchangeClient};
+use tokenbridge_testing::{FakeSts, FakeStsMode, Issuer, JwksServer, Moto, ServiceAccount};
+use tonic::{
+    Request,
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const AUDIENCE: &str = "https://tokenbridge.loadtest";
+const ROLE: &str = "arn:aws:iam::123456789012:role/LoadTest";
+
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the load test.
+    Run(RunArgs),
+    /// Serve the null service (used by `run` as a child process).
+    NullServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(clap::Args, Clone, Serialize)]
+struct RunArgs {
+    /// The tokenbridge-server binary to run. Without it the server runs inside
+    /// this process (then RSS includes the load generator).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// How long to drive load (after warm-up).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[serde(serialize_with = "as_secs")]
+    duration: Duration,
+    /// Send this many requests instead of running for a duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Requests per second; 0 drives flat out (closed loop).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// HTTP/2 connections to open.
+    #[arg(long, default_value_t = 8)]
+    connections: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Distinct service accounts (one binding and one token each).
+    #[arg(long, default_value_t = 1000)]
+    identities: usize,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "both")]
+    target: Target,
+    /// The STS behind tokenbridge.
+    #[arg(long, value_enum, default_value = "moto")]
+    sts: StsKind,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    Both,
+    Tokenbridge,
+    Null,
+}
+
+#[derive(Clone, Copy, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum StsKind {
+    Moto,
+    Fake,
+}
+
+fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// One target's figures.
+#[derive(Serialize)]
+struct Figures {
+    target: &'static str,
+    requests: u64,
+    seconds: f64,
+    requests_per_second: f64,
+    latency_us: BTreeMap<&'static str, u64>,
+    errors: BTreeMap<String, u64>,
+    sts_calls: Option<u64>,
+    server_rss_kib: Option<u64>,
+    cold_start_ms: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    args: RunArgs,
+    cores: usize,
+    results: Vec<Figures>,
+    /// tokenbridge's requests/s over the null service's.
+    throughput_ratio: Option<f64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokenbridge-loadtest: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Cmd::NullServer { listen } => {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                println!("{}", null::announce(addr));
+                null::serve(listener).await.map_err(|e| e.to_string())
+            }
+            Cmd::Run(args) => run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokenbridge-loadtest: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let mut results = Vec::new();
+    let issuer = Issuer::new();
+    eprintln!("minting {} tokens…", args.identities);
+    let accounts: Vec<ServiceAccount> = (0..args.identities)
+        .map(|i| {
+            ServiceAccount::new(
+                &format!("{}", 100_000_000_000_000_000_000u128 + i as u128),
+                &format!("load-{i}@loadtest.iam.gserviceaccount.com"),
+            )
+        })
+        .collect();
+    let tokens: Arc<Vec<MetadataValue<Ascii>>> = Arc::new(
+        accounts
+            .iter()
+            .map(|sa| {
+                format!("Bearer {}", issuer.token(sa, AUDIENCE))
+                    .parse()
+                    .map_err(|_| "token is not ASCII".to_string())
+            })
+            .collect::<Result<_, _>>()?,
+    );
+
+    if args.target != Target::Tokenbridge {
+        eprintln!("null service…");
+        let (mut child, addr) = spawn_null()?;
+        let channels = connect_all(&addr.to_string(), args.connections).await?;
+        let measured = drive(&channels, tokens.clone(), &args).await;
+        let rss = rss_kib(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        results.push(measured.figures("null", None, rss, None));
+    }
+
+    if args.target != Target::Null {
+        eprintln!("tokenbridge…");
+        let jwks = JwksServer::start(issuer.clone(), 3600).await;
+        let (sts_endpoint, counter, fake, _moto) = match args.sts {
+            StsKind::Moto => {
+                let moto = Moto::start().await;
+                let counter = sts_counter::StsCounter::start(moto.endpoint())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (counter.endpoint(), Some(counter), None, Some(moto))
+            }
+            StsKind::Fake => {
+                let fake = FakeSts::start(FakeStsMode::Success).await;
+                (fake.endpoint(), None, Some(fake), None)
+            }
+        };
+        let sts_calls = || {
+            counter.as_ref().map_or_else(
+                || fake.as_ref().map_or(0, |f| f.request_count() as u64),
+                |c| c.calls(),
+            )
+        };
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let (server, addr, cold_start) =
+            start_server(&args, dir.path(), &jwks.uri(), &sts_endpoint, &accounts).await?;
+        let channels = connect_all(&addr, args.connections).await?;
+
+        eprintln!("warm-up: one request per identity…");
+        let warm = RunArgs {
+            requests: Some(args.identities as u64),
+            rate: 0,
+            ..args.clone()
+        };
+        let warmed = drive(&channels, tokens.clone(), &warm).await;
+        if !warmed.errors.is_empty() {
+            return Err(format!("warm-up failed: {:?}", warmed.errors));
+        }
+        let calls_before = sts_calls();
+        eprintln!("measuring…");
+        let measured = drive(&channels, tokens.clone(), &args).await;
+        let calls = sts_calls();
+        let rss = match &server {
+            ServerProcess::Child(c) => rss_kib(c.id()),
+            ServerProcess::InProcess(_) => rss_kib(std::process::id()),
+        };
+        let mut figures = measured.figures(
+            "tokenbridge",
+            Some(calls),
+            rss,
+            Some(cold_start.as_secs_f64() * 1000.0),
+        );
+        if calls != calls_before {
+            figures.errors.insert(
+                "sts calls during the measured phase".into(),
+                calls - calls_before,
+            );
+        }
+        results.push(figures);
+        server.stop().await;
+    }
+
+    let ratio = match (
+        results.iter().find(|r| r.target == "null"),
+        results.iter().find(|r| r.target == "tokenbridge"),
+    ) {
+        (Some(n), Some(t)) if n.requests_per_second > 0.0 => {
+            Some(t.requests_per_second / n.requests_per_second)
+        }
+        _ => None,
+    };
+    let report = Report {
+        args: args.clone(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        results,
+        throughput_ratio: ratio,
+    };
+    print_table(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+enum ServerProcess {
+    Child(Child),
+    InProcess(tokenbridge_server::app::Running),
+}
+
+impl ServerProcess {
+    async fn stop(self) {
+        match self {
+            ServerProcess::Child(mut c) => {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+                let _ = tokio::task::spawn_blocking(move || c.wait()).await;
+            }
+            ServerProcess::InProcess(r) => {
+                let _ = r.stop().await;
+            }
+        }
+    }
+}
+
+fn policy(accounts: &[ServiceAccount]) -> String {
+    let mut out = String::with_capacity(accounts.len() * 120);
+    for (i, sa) in accounts.iter().enumerate() {
+        out.push_str(&format!(
+            "[[binding]]\nname = \"load-{i}\"\nservice_accounts = [\"{}\"]\nrole_arns = [\"{ROLE}\"]\n\n",
+            sa.unique_id
+        ));
+    }
+    out
+}
+
+async fn start_server(
+    args: &RunArgs,
+    dir: &std::path::Path,
+    jwks_uri: &str,
+    sts_endpoint: &str,
+    accounts: &[ServiceAccount],
+) -> Result<(ServerProcess, String, Duration), String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = dir.join("config.toml");
+    std::fs::write(dir.join("policy.toml"), policy(accounts)).map_err(|e| e.to_string())?;
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n\n\
+             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let server = match &args.server_bin {
+        Some(bin) => ServerProcess::Child(
+            Command::new(bin)
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", bin.display()))?,
+        ),
+        None => {
+            let (cfg, policy) = tokenbridge_server::load(&config).map_err(|p| format!("{p:?}"))?;
+            ServerProcess::InProcess(
+                tokenbridge_server::app::start(cfg, policy)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+    };
+    let channel = connect(&addr, Duration::from_secs(30)).await?;
+    let mut health = HealthClient::new(channel);
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    while let Some(update) = watch.message().await.map_err(|e| e.to_string())? {
+        if update.status == ServingStatus::Serving as i32 {
+            return Ok((server, addr, started.elapsed()));
+        }
+    }
+    Err("the server never reported SERVING".into())
+}
+
+fn spawn_null() -> Result<(Child, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .arg("null-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| format!("unexpected null-server output {line:?}"))?;
+    Ok((child, addr))
+}
+
+/// Connects, retrying while the server is still binding its listener.
+async fn connect(addr: &str, within: Duration) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + within;
+    loop {
+        match endpoint.connect().await {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("cannot connect to {addr}: {e}"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+async fn connect_all(addr: &str, n: usize) -> Result<Vec<Channel>, String> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        out.push(connect(addr, Duration::from_secs(30)).await?);
+    }
+    Ok(out)
+}
+
+struct Measured {
+    histogram: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    elapsed: Duration,
+}
+
+impl Measured {
+    fn figures(
+        self,
+        target: &'static str,
+        sts_calls: Option<u64>,
+        rss: Option<u64>,
+        cold_start_ms: Option<f64>,
+    ) -> Figures {
+        let h = &self.histogram;
+        let requests = h.len() + self.errors.values().sum::<u64>();
+        let seconds = self.elapsed.as_secs_f64();
+        let latency_us = BTreeMap::from([
+            ("p50", h.value_at_quantile(0.5)),
+            ("p90", h.value_at_quantile(0.9)),
+            ("p99", h.value_at_quantile(0.99)),
+            ("p99.9", h.value_at_quantile(0.999)),
+            ("max", h.max()),
+        ]);
+        Figures {
+            target,
+            requests,
+            seconds,
+            requests_per_second: if seconds > 0.0 {
+                h.len() as f64 / seconds
+            } else {
+                0.0
+            },
+            latency_us,
+            errors: self.errors,
+            sts_calls,
+            server_rss_kib: rss,
+            cold_start_ms,
+        }
+    }
+}
+
+/// Drives load with `args.concurrency` workers spread over `channels`.
+/// Flat out, each worker sends its next request when the last one answers;
+/// at a fixed rate, a ticker issues send times and latency counts from the
+/// intended send time (so a stall is not hidden: no coordinated omission).
+async fn drive(
+    channels: &[Channel],
+    tokens: Arc<Vec<MetadataValue<Ascii>>>,
+    args: &RunArgs,
+) -> Measured {
+    let started = Instant::now();
+    let end = started + args.duration;
+    let limit = args.requests.unwrap_or(u64::MAX);
+    let issued = Arc::new(AtomicU64::new(0));
+    let (ticket_tx, ticket_rx) = ticker(args.rate, end, limit, args.concurrency);
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..args.concurrency.max(1) {
+        let mut client = TokenExchangeClient::new(channels[w % channels.len()].clone());
+        let tokens = tokens.clone();
+        let issued = issued.clone();
+        let tickets = ticket_rx.clone();
+        workers.spawn(async move {
+            let mut histogram = histogram();
+            let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+            loop {
+                let intended = match &tickets {
+                    Some(rx) => match rx.lock().await.recv().await {
+                        Some(at) => at,
+                        None => break,
+                    },
+                    None => {
+                        if Instant::now() >= end {
+                            break;
+                        }
+                        Instant::now()
+                    }
+                };
+                let n = issued.fetch_add(1, Ordering::Relaxed);
+                if n >= limit {
+                    break;
+                }
+                let mut req = Request::new(GetCredentialsRequest {
+                    role_arn: ROLE.into(),
+                    duration_seconds: 0,
+                });
+                req.metadata_mut()
+                    .insert("authorization", tokens[n as usize % tokens.len()].clone());
+                match client.get_credentials(req).await {
+                    Ok(_) => {
+                        let us = u64::try_from(intended.elapsed().as_micros())
+                            .unwrap_or(u64::MAX)
+                            .max(1);
+                        let _ = histogram.record(us.min(60_000_000));
+                    }
+                    Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
+                }
+            }
+            (histogram, errors)
+        });
+    }
+    drop(ticket_rx);
+    let mut histogram = histogram();
+    let mut errors = BTreeMap::new();
+    while let Some(done) = workers.join_next().await {
+        if let Ok((h, e)) = done {
+            let _ = histogram.add(&h);
+            for (k, v) in e {
+                *errors.entry(k).or_default() += v;
+            }
+        }
+    }
+    if let Some(tx) = ticket_tx {
+        tx.abort();
+    }
+    Measured {
+        histogram,
+        errors,
+        elapsed: started.elapsed(),
+    }
+}
+
+type Tickets = Option<Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Instant>>>>;
+
+/// For a fixed rate, a ticker task sending intended send times.
+fn ticker(
+    rate: u64,
+    end: Instant,
+    limit: u64,
+    concurrency: usize,
+) -> (Option<tokio::task::JoinHandle<()>>, Tickets) {
+    if rate == 0 {
+        return (None, None);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(concurrency.max(1) * 4);
+    let task = tokio::spawn(async move {
+        let period = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        let mut sent = 0u64;
+        while sent < limit {
+            let at = start + period.mul_f64(sent as f64);
+            if at >= end {
+                break;
+            }
+            tokio::time::sleep_until(at.into()).await;
+            if tx.send(at).await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+    });
+    (Some(task), Some(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+/// Microseconds from 1 µs to 60 s, 3 significant digits.
+#[expect(
+    clippy::expect_used,
+    reason = "the bounds are constants that hdrhistogram accepts"
+)]
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn print_table(report: &Report) {
+    println!(
+        "\n{:<12} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}  errors",
+        "target",
+        "requests",
+        "req/s",
+        "p50 µs",
+        "p90 µs",
+        "p99 µs",
+        "p99.9",
+        "max µs",
+        "STS calls",
+        "RSS MiB",
+        "cold ms"
+    );
+    for r in &report.results {
+        let l = &r.latency_us;
+        println!(
+            "{:<12} {:>9} {:>10.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>10}  {}",
+            r.target,
+            r.requests,
+            r.requests_per_second,
+            l["p50"],
+            l["p90"],
+            l["p99"],
+            l["p99.9"],
+            l["max"],
+            r.sts_calls.map_or("-".into(), |c| c.to_string()),
+            r.server_rss_kib
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            r.cold_start_ms.map_or("-".into(), |c| format!("{c:.1}")),
+            if r.errors.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{:?}", r.errors)
+            },
+        );
+    }
+    if let Some(ratio) = report.throughput_ratio {
+        println!("throughput tokenbridge / null = {ratio:.3}");
+    }
+}

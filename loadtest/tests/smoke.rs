@@ -1,0 +1,51 @@
+//! The load test's own smoke run (a few seconds, debug build), so it cannot
+//! rot: tokenbridge in-process against moto, and the null service.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+
+#[test]
+fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenbridge-loadtest"))
+        .args([
+            "run",
+            "--duration",
+            "1s",
+            "--identities",
+            "20",
+            "--connections",
+            "2",
+            "--concurrency",
+            "8",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("throughput tokenbridge / null"), "{stdout}");
+
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{r}");
+        assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0, "{r}");
+    }
+    let tb = results
+        .iter()
+        .find(|r| r["target"] == "tokenbridge")
+        .unwrap();
+    assert_eq!(tb["sts_calls"], 20, "one STS call per identity: {tb}");
+    assert!(report["throughput_ratio"].as_f64().unwrap() > 0.0);
+}
