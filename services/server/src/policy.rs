@@ -134,8 +134,10 @@ impl Policy {
                     format!("binding name `{name}`: use 1 to 128 letters, digits, `.`, `_` or `-`"),
                 );
             }
-            let line = crate::diag::line_of(src, b.name.span().start);
-            if let Some(first) = names.insert(name.clone(), line) {
+            // Byte offsets, turned into lines only for a message: counting
+            // lines for every binding would be quadratic in the file size.
+            if let Some(first) = names.insert(name.clone(), b.name.span().start) {
+                let first = crate::diag::line_of(src, first);
                 problems.at(
                     b.name.span(),
                     format!("binding name `{name}` is already used on line {first}; names must be unique"),

@@ -5,9 +5,11 @@
 //! generated config and `deploy/demo/policy.toml`; asks the metadata server
 //! for an ID token as a workload would; calls `GetCredentials`; prints the
 //! assumed role, session name and expiration (never the secrets); shows a
-//! refused caller; stops everything.
+//! refused caller; runs the aws CLI with a profile whose `credential_process`
+//! is `tokenbridge-cred`, with no AWS keys anywhere; stops everything.
 //!
-//! Run it with `scripts/demo`, which builds the binaries and installs moto.
+//! Run it with `scripts/demo`, which builds the binaries and installs moto
+//! and the aws CLI.
 
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)]
@@ -36,6 +38,9 @@ struct Args {
     /// The `tokenbridge-server` binary to run.
     #[arg(long)]
     server_bin: PathBuf,
+    /// The `tokenbridge-cred` binary the aws CLI profile runs.
+    #[arg(long)]
+    cred_bin: PathBuf,
 }
 
 #[tokio::main]
@@ -193,6 +198,15 @@ async fn main() {
     let status = client.get_credentials(req).await.expect_err("refused");
     println!("  {:?}: {}", status.code(), status.message());
 
+    aws_cli(
+        &args.cred_bin,
+        &root,
+        &listen,
+        &metadata.host(),
+        &moto.endpoint(),
+    )
+    .await;
+
     step("stopping (SIGTERM: health NOT_SERVING, in-flight calls drain)");
     drop(client);
     drop(watch);
@@ -208,6 +222,77 @@ async fn main() {
     println!("  tokenbridge-server exited: {exit}");
     drop(moto);
     println!("\ndemo finished");
+}
+
+/// `aws sts get-caller-identity` with a profile backed by `tokenbridge-cred`,
+/// as on a GCE VM: no AWS keys in the environment or in any file.
+async fn aws_cli(
+    cred_bin: &std::path::Path,
+    root: &std::path::Path,
+    listen: &str,
+    metadata_host: &str,
+    sts: &str,
+) {
+    step("the aws CLI with a tokenbridge-cred profile, and no AWS keys anywhere");
+    let venv =
+        std::env::var_os("TOKENBRIDGE_VENV").map_or_else(|| root.join(".venv"), PathBuf::from);
+    let aws = venv.join("bin/aws");
+    assert!(
+        aws.exists(),
+        "{} is missing: run scripts/demo",
+        aws.display()
+    );
+    let cred_bin = cred_bin
+        .canonicalize()
+        .unwrap_or_else(|e| panic!("{}: {e}", cred_bin.display()));
+    let home = tempfile::tempdir().expect("a temporary HOME");
+    let config = home.path().join("config");
+    let profile = format!(
+        "[profile tokenbridge-demo]\nregion = us-east-1\ncredential_process = {} process \
+         --endpoint http://{listen} --audience {AUDIENCE} --role-arn {ROLE}\n",
+        cred_bin.display()
+    );
+    std::fs::write(&config, &profile).unwrap();
+    println!("  AWS config ({}):", config.display());
+    for line in profile.lines() {
+        println!("    {line}");
+    }
+    println!("  environment: GCE_METADATA_HOST={metadata_host} AWS_ENDPOINT_URL_STS={sts} (moto)");
+    println!("  no AWS_ACCESS_KEY_ID, no AWS_SECRET_ACCESS_KEY, no credentials file");
+    println!("  $ aws sts get-caller-identity --profile tokenbridge-demo");
+    // A clean environment: nothing AWS-related leaks in from the caller's.
+    let output = tokio::process::Command::new(&aws)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home.path())
+        .env("AWS_CONFIG_FILE", &config)
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            home.path().join("credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ENDPOINT_URL_STS", sts)
+        .env("GCE_METADATA_HOST", metadata_host)
+        .args([
+            "sts",
+            "get-caller-identity",
+            "--profile",
+            "tokenbridge-demo",
+            "--output",
+            "json",
+        ])
+        .output()
+        .await
+        .expect("run the aws CLI");
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        println!("  {line}");
+    }
+    assert!(
+        output.status.success(),
+        "the aws CLI failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn step(text: &str) {

@@ -1,0 +1,59 @@
+//! Secrets as types: a [`Secret`] prints as `** redacted **`.
+
+use std::fmt;
+
+/// What a secret prints as in `Debug` and `Display`.
+pub const REDACTED: &str = "** redacted **";
+
+/// A value that must never be printed: an ID token, a secret access key, a
+/// session token.
+///
+/// `Debug` and `Display` print `** redacted **`, so the value cannot reach a
+/// log line or an error message by accident. Reading it takes an explicit
+/// [`expose`](Secret::expose), which is easy to audit.
+///
+/// ```
+/// use tokenbridge_client::Secret;
+///
+/// let key = Secret::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".to_owned());
+/// assert_eq!(format!("{key:?}"), "** redacted **");
+/// assert_eq!(key.to_string(), "** redacted **");
+/// assert!(key.expose().starts_with("wJalr"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+
+    /// Unwraps the secret.
+    pub fn into_exposed(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl From<String> for Secret<String> {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
