@@ -60,6 +60,15 @@ struct Cli {
 enum Cmd {
     /// Run the load test.
     Run(RunArgs),
+    /// Start the stand-ins (JWKS, metadata server), moto and tokenbridge for
+    /// one workload, print the environment a client needs, and keep them up
+    /// until standard input closes (for benchmarks of the shim and the
+    /// walkthrough's script).
+    Env {
+        /// The tokenbridge-server binary to run.
+        #[arg(long)]
+        server_bin: PathBuf,
+    },
     /// Serve the null service (used by `run` as a child process).
     NullServer {
         /// Address to listen on.
@@ -169,6 +178,7 @@ fn main() -> ExitCode {
                 null::serve(listener).await.map_err(|e| e.to_string())
             }
             Cmd::Run(args) => run(args).await,
+            Cmd::Env { server_bin } => env(server_bin).await,
         }
     });
     match result {
@@ -242,9 +252,12 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let channels = connect_all(&addr, args.connections).await?;
 
         eprintln!("warm-up: one request per identity…");
+        // Bounded by count only: every identity once, however long STS takes.
         let warm = RunArgs {
             requests: Some(args.identities as u64),
             rate: 0,
+            duration: Duration::from_secs(3600),
+            concurrency: args.concurrency.min(16),
             ..args.clone()
         };
         let warmed = drive(&channels, tokens.clone(), &warm).await;
@@ -295,6 +308,44 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+async fn env(server_bin: PathBuf) -> Result<(), String> {
+    let issuer = Issuer::new();
+    let sa = ServiceAccount::new(
+        "112233445566778899001",
+        "bench@loadtest.iam.gserviceaccount.com",
+    );
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let metadata = tokenbridge_testing::MetadataServer::start(issuer, sa.clone()).await;
+    let moto = Moto::start().await;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let args = RunArgs {
+        server_bin: Some(server_bin),
+        duration: Duration::ZERO,
+        requests: None,
+        rate: 0,
+        connections: 1,
+        concurrency: 1,
+        identities: 1,
+        target: Target::Tokenbridge,
+        sts: StsKind::Moto,
+        json: None,
+    };
+    let (server, addr, _) =
+        start_server(&args, dir.path(), &jwks.uri(), &moto.endpoint(), &[sa]).await?;
+    println!("GCE_METADATA_HOST={}", metadata.host());
+    println!("TOKENBRIDGE_ENDPOINT=http://{addr}");
+    println!("TOKENBRIDGE_AUDIENCE={AUDIENCE}");
+    println!("TOKENBRIDGE_ROLE_ARN={ROLE}");
+    println!("AWS_ENDPOINT_URL_STS={}", moto.endpoint());
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ =
+        tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
+            .await;
+    server.stop().await;
     Ok(())
 }
 

@@ -78,7 +78,7 @@ impl Exchange {
     }
 
     /// Exchanges `token` for credentials as `req` asks, if the policy allows.
-    #[instrument(name = "exchange", skip_all, fields(sub, role_arn))]
+    #[instrument(name = "exchange", level = "debug", skip_all, fields(sub, role_arn))]
     pub async fn exchange(
         &self,
         token: Secret<String>,

@@ -56,8 +56,8 @@ impl TokenExchange for TokenExchangeService {
                 let c = issued.credentials;
                 Ok(Response::new(GetCredentialsResponse {
                     access_key_id: c.access_key_id,
-                    secret_access_key: c.secret_access_key.expose().clone(),
-                    session_token: c.session_token.expose().clone(),
+                    secret_access_key: c.secret_access_key.expose_owned(),
+                    session_token: c.session_token.expose_owned(),
                     expiration: Some(prost_types::Timestamp::from(c.expiration)),
                     assumed_role_arn: c.assumed_role_arn,
                     role_session_name: issued.role_session_name,

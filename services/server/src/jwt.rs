@@ -231,7 +231,12 @@ impl Verifier {
 
     /// Verifies `token` as of `now` (Unix seconds) for the checks tokenbridge
     /// adds (`jsonwebtoken` reads the system clock for `exp` and `nbf`).
-    #[tracing::instrument(name = "verify_token", skip_all, err(Display))]
+    #[tracing::instrument(
+        name = "verify_token",
+        level = "debug",
+        skip_all,
+        err(Display, level = "debug")
+    )]
     pub async fn verify_at(
         &self,
         token: Secret<String>,

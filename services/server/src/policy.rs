@@ -13,6 +13,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     path::Path,
+    sync::Arc,
 };
 
 use serde::Deserialize;
@@ -36,7 +37,7 @@ pub struct Policy {
 }
 
 /// What one service account may do, per role ARN.
-type RoleGrants = BTreeMap<String, Grant>;
+type RoleGrants = BTreeMap<String, Arc<Grant>>;
 
 /// Why a service account may assume a role, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ pub struct Allowed {
     /// The role the caller may assume.
     pub role_arn: String,
     /// How long for, and why.
-    pub grant: Grant,
+    pub grant: Arc<Grant>,
 }
 
 /// Why the policy gives the caller nothing.
@@ -196,11 +197,11 @@ impl Policy {
                     );
                 }
             }
-            let grant = Grant {
+            let grant = Arc::new(Grant {
                 max_duration_seconds: max,
                 default_duration_seconds: default,
                 bindings: BTreeSet::from([name.clone()]),
-            };
+            });
 
             let mut seen = BTreeSet::new();
             for sa in b.service_accounts.get_ref() {
@@ -230,7 +231,7 @@ impl Policy {
                 for role in &roles {
                     grants
                         .entry(role.clone())
-                        .and_modify(|g| g.merge(&grant))
+                        .and_modify(|g| Arc::make_mut(g).merge(&grant))
                         .or_insert_with(|| grant.clone());
                 }
             }
@@ -258,7 +259,7 @@ impl Policy {
             for (role, grant) in more {
                 roles
                     .entry(role.clone())
-                    .and_modify(|g| g.merge(grant))
+                    .and_modify(|g| Arc::make_mut(g).merge(grant))
                     .or_insert_with(|| grant.clone());
             }
         }
@@ -268,6 +269,36 @@ impl Policy {
     /// Decides whether the caller may assume `role_arn` (or, when it is empty,
     /// its only role).
     pub fn decide(&self, who: Principal<'_>, role_arn: &str) -> Result<Allowed, Denied> {
+        if !role_arn.is_empty() {
+            // The hot path: two hash lookups, no copying of the caller's grants.
+            let by_sub = self.by_sub.get(who.sub);
+            let by_email = who.verified_email.and_then(|email| {
+                if email.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.by_email.get(&email.to_ascii_lowercase())
+                } else {
+                    self.by_email.get(email)
+                }
+            });
+            let grant = match (
+                by_sub.and_then(|g| g.get(role_arn)),
+                by_email.and_then(|g| g.get(role_arn)),
+            ) {
+                (Some(a), Some(b)) => {
+                    let mut merged = Grant::clone(a);
+                    merged.merge(b);
+                    Arc::new(merged)
+                }
+                (Some(g), None) | (None, Some(g)) => g.clone(),
+                (None, None) if by_sub.is_none() && by_email.is_none() => {
+                    return Err(Denied::NoRoles);
+                }
+                (None, None) => return Err(Denied::RoleNotGranted),
+            };
+            return Ok(Allowed {
+                role_arn: role_arn.to_string(),
+                grant,
+            });
+        }
         let mut roles = self.roles_for(who);
         if roles.is_empty() {
             return Err(Denied::NoRoles);

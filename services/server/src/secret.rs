@@ -19,6 +19,11 @@ impl<T> Secret<T> {
     pub fn expose(&self) -> &T {
         &self.0
     }
+
+    /// The secret itself, by value (for handing it to the caller it belongs to).
+    pub fn expose_owned(self) -> T {
+        self.0
+    }
 }
 
 impl<T> fmt::Debug for Secret<T> {
