@@ -48,6 +48,9 @@ use tonic_health::pb::{
 
 const AUDIENCE: &str = "https://tokenbridge.loadtest";
 const ROLE: &str = "arn:aws:iam::123456789012:role/LoadTest";
+/// How late a fixed-rate request may be released before its latency counts
+/// from its intended send time (the timer's granularity, with room).
+const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 #[derive(Parser)]
 #[command(version, about)]
@@ -558,6 +561,16 @@ async fn drive(
                         }
                         Instant::now()
                     }
+                };
+                // tokio's timer has 1 ms granularity: a request released up to
+                // TIMER_SLACK late counts from when it was sent; later than
+                // that it counts from when it should have been sent, so a
+                // stall is not hidden.
+                let sent = Instant::now();
+                let intended = if sent.duration_since(intended) <= TIMER_SLACK {
+                    sent
+                } else {
+                    intended
                 };
                 let n = issued.fetch_add(1, Ordering::Relaxed);
                 if n >= limit {
