@@ -49,6 +49,8 @@ pub enum FakeStsMode {
     Hang,
     /// 200 with a body that is not XML.
     Garbage,
+    /// 200 with well-formed XML that is not an STS answer (no credentials).
+    WrongXml,
     /// A valid `AssumeRoleWithWebIdentityResponse` with fixed credentials
     /// ([`FAKE_ACCESS_KEY_ID`] ..) expiring in an hour, for the role and
     /// session of the request.
@@ -155,6 +157,15 @@ async fn sts(State(state): State<Arc<StsState>>, method: Method, body: Bytes) ->
         FakeStsMode::Garbage => (
             [(CONTENT_TYPE, "text/xml")],
             "<<< this is not an STS response >>>",
+        )
+            .into_response(),
+        FakeStsMode::WrongXml => (
+            [(CONTENT_TYPE, "text/xml")],
+            format!(
+                "<AssumeRoleWithWebIdentityResponse xmlns=\"{XMLNS}\">\
+                 <AssumeRoleWithWebIdentityResult><Nothing>here</Nothing>\
+                 </AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+            ),
         )
             .into_response(),
         FakeStsMode::Success => success(&form),

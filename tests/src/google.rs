@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    future::ready,
     net::SocketAddr,
     sync::{
         Arc,
@@ -33,15 +32,44 @@ const EMAIL_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/
 const METADATA_FLAVOR: HeaderName = HeaderName::from_static("metadata-flavor");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// What a [`JwksServer`] answers instead of the key set, to play Google's
+/// endpoint having a bad day.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JwksFault {
+    /// This HTTP status (e.g. 503) with a short text body.
+    Status(u16),
+    /// No answer until the fault changes or the server is dropped.
+    Hang,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// 200 with `{"keys": []}`.
+    EmptyKeySet,
+    /// 200 with a valid-looking JSON document larger than any sane JWKS
+    /// (1 MiB of keys that are not keys).
+    Oversized,
+    /// 200 with a `keys` array nested 10,000 levels deep.
+    DeeplyNested,
+}
+
 /// Serves an [`Issuer`]'s JWKS over HTTP on 127.0.0.1 at
-/// `/oauth2/v3/certs`, with Google's `Cache-Control`, counting fetches.
+/// `/oauth2/v3/certs`, with Google's `Cache-Control`, counting fetches; or,
+/// after [`set_fault`](Self::set_fault), fails in a chosen way.
 ///
 /// The JWKS is read from the issuer at every request, so rotations and
 /// retirements show at once. Dropping the server stops it.
 pub struct JwksServer {
     addr: SocketAddr,
-    fetches: Arc<AtomicUsize>,
+    state: Arc<JwksState>,
     _stop: watch::Sender<()>,
+}
+
+struct JwksState {
+    issuer: Issuer,
+    extra_keys: Vec<Value>,
+    cache_control: String,
+    fetches: watch::Sender<usize>,
+    fault: watch::Sender<Option<JwksFault>>,
+    stopped: watch::Receiver<()>,
 }
 
 impl JwksServer {
@@ -58,27 +86,22 @@ impl JwksServer {
         max_age_secs: u64,
         extra_keys: Vec<Value>,
     ) -> Self {
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&fetches);
-        let cache_control =
-            format!("public, max-age={max_age_secs}, must-revalidate, no-transform");
-        let handler = move || {
-            counter.fetch_add(1, SeqCst);
-            let mut jwks = issuer.jwks();
-            if let Some(keys) = jwks["keys"].as_array_mut() {
-                keys.extend(extra_keys.iter().cloned());
-            }
-            let headers = [
-                (CACHE_CONTROL, cache_control.clone()),
-                (CONTENT_TYPE, "application/json".to_owned()),
-            ];
-            ready((headers, jwks.to_string()))
-        };
-        let (stop, _) = watch::channel(());
-        let addr = serve(Router::new().route(CERTS_PATH, get(handler)), &stop).await;
+        let (stop, stopped) = watch::channel(());
+        let state = Arc::new(JwksState {
+            issuer,
+            extra_keys,
+            cache_control: format!("public, max-age={max_age_secs}, must-revalidate, no-transform"),
+            fetches: watch::Sender::new(0),
+            fault: watch::Sender::new(None),
+            stopped,
+        });
+        let router = Router::new()
+            .route(CERTS_PATH, get(certs))
+            .with_state(Arc::clone(&state));
+        let addr = serve(router, &stop).await;
         Self {
             addr,
-            fetches,
+            state,
             _stop: stop,
         }
     }
@@ -88,9 +111,76 @@ impl JwksServer {
         format!("http://{}{CERTS_PATH}", self.addr)
     }
 
-    /// How many times the JWKS has been fetched.
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many times the JWKS has been fetched (faulty answers included).
     pub fn fetch_count(&self) -> usize {
-        self.fetches.load(SeqCst)
+        *self.state.fetches.borrow()
+    }
+
+    /// Resolves once `n` fetches in all have arrived.
+    pub async fn wait_for_fetches(&self, n: usize) {
+        let mut fetches = self.state.fetches.subscribe();
+        let _ = fetches.wait_for(|&count| count >= n).await;
+    }
+
+    /// Answers later requests with `fault`, or normally again with `None`
+    /// (which also releases requests held by [`JwksFault::Hang`]).
+    pub fn set_fault(&self, fault: Option<JwksFault>) {
+        self.state.fault.send_replace(fault);
+    }
+}
+
+async fn certs(State(state): State<Arc<JwksState>>) -> Response {
+    state.fetches.send_modify(|n| *n += 1);
+    let fault = state.fault.borrow().clone();
+    let json = |body: String| {
+        (
+            [
+                (CACHE_CONTROL, state.cache_control.clone()),
+                (CONTENT_TYPE, "application/json".to_owned()),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    match fault {
+        None => {
+            let mut jwks = state.issuer.jwks();
+            if let Some(keys) = jwks["keys"].as_array_mut() {
+                keys.extend(state.extra_keys.iter().cloned());
+            }
+            json(jwks.to_string())
+        }
+        Some(JwksFault::Status(code)) => (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "backend unavailable\n",
+        )
+            .into_response(),
+        Some(JwksFault::Hang) => {
+            let mut fault = state.fault.subscribe();
+            let mut stopped = state.stopped.clone();
+            tokio::select! {
+                _ = fault.wait_for(|f| *f != Some(JwksFault::Hang)) => {}
+                _ = stopped.changed() => {}
+            }
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
+        Some(JwksFault::Garbage) => json("<html><body>502 Bad Gateway</body></html>".to_owned()),
+        Some(JwksFault::EmptyKeySet) => json(r#"{"keys": []}"#.to_owned()),
+        Some(JwksFault::Oversized) => {
+            let filler = format!(r#"{{"kty": "none", "pad": "{}"}}"#, "x".repeat(1024));
+            let keys = vec![filler; 1024].join(",");
+            json(format!(r#"{{"keys": [{keys}]}}"#))
+        }
+        Some(JwksFault::DeeplyNested) => json(format!(
+            r#"{{"keys": {}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        )),
     }
 }
 

@@ -7,6 +7,9 @@
 //! - [`MetadataServer`] emulates the GCE metadata server's identity endpoint.
 //! - [`Moto`] runs moto, the third-party AWS emulator, for a real STS.
 //! - [`FakeSts`] is an STS whose answers tests choose, for fault injection.
+//! - [`FaultProxy`] is a TCP proxy that makes any of them look down or hung.
+//! - [`Pki`] is a private CA issuing server and client certificates for TLS
+//!   tests.
 //!
 //! Every server listens on 127.0.0.1 at a port the OS picks, and stops when
 //! its value is dropped.
@@ -15,16 +18,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_sts;
+mod fault_proxy;
 mod google;
 mod issuer;
 mod moto;
+mod pki;
 
 pub use fake_sts::{
     FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FAKE_SESSION_TOKEN, FakeSts, FakeStsMode,
 };
-pub use google::{JwksServer, MetadataServer};
+pub use fault_proxy::{FaultProxy, ProxyMode};
+pub use google::{JwksFault, JwksServer, MetadataServer};
 pub use issuer::{Issuer, ServiceAccount};
 pub use moto::Moto;
+pub use pki::{PemPair, Pki};
 
 use std::net::{Ipv4Addr, SocketAddr};
 

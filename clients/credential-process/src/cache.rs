@@ -182,20 +182,7 @@ impl Cache {
         let mut text = Vec::new();
         file.read_to_end(&mut text)
             .map_err(|error| format!("cannot read: {error}"))?;
-        let entry: Entry = serde_json::from_slice(&text).map_err(|_| "corrupt".to_owned())?;
-        if entry.format != FORMAT {
-            return Err(format!("format {}, not {FORMAT}", entry.format));
-        }
-        if entry.key != self.key {
-            return Err("written for another key".into());
-        }
-        let expiration = humantime::parse_rfc3339(&entry.credentials.expiration)
-            .map_err(|_| "corrupt expiration".to_owned())?;
-        let left = expiration.duration_since(now).unwrap_or_default();
-        if left <= MIN_REMAINING {
-            return Err(format!("only {} s left", left.as_secs()));
-        }
-        Ok(entry.credentials)
+        decode(&self.key, &text, now)
     }
 
     /// Takes the exclusive lock of this key (blocking until it is free).
@@ -216,12 +203,7 @@ impl Cache {
     /// Stores `credentials` atomically: a 0600 temporary file in the cache
     /// directory, renamed over the cache file.
     pub fn write(&self, credentials: &ProcessOutput) -> Result<(), String> {
-        let entry = Entry {
-            format: FORMAT,
-            key: self.key.clone(),
-            credentials: credentials.clone(),
-        };
-        let text = serde_json::to_vec(&entry).map_err(|error| error.to_string())?;
+        let text = encode(&self.key, credentials)?;
         let mut temp = tempfile::Builder::new()
             .prefix(".tmp-")
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -234,6 +216,36 @@ impl Cache {
             .map_err(|error| format!("cannot rename into place: {}", error.error))?;
         Ok(())
     }
+}
+
+/// The text of a cache file for `key` holding `credentials`.
+pub fn encode(key: &CacheKey, credentials: &ProcessOutput) -> Result<Vec<u8>, String> {
+    let entry = Entry {
+        format: FORMAT,
+        key: key.clone(),
+        credentials: credentials.clone(),
+    };
+    serde_json::to_vec(&entry).map_err(|error| error.to_string())
+}
+
+/// The credentials in the text of a cache file, if it was written for `key`
+/// and they have more than [`MIN_REMAINING`] left at `now`; `Err` says why
+/// not. The text is untrusted: anything that is not such a file is refused.
+pub fn decode(key: &CacheKey, text: &[u8], now: SystemTime) -> Result<ProcessOutput, String> {
+    let entry: Entry = serde_json::from_slice(text).map_err(|_| "corrupt".to_owned())?;
+    if entry.format != FORMAT {
+        return Err(format!("format {}, not {FORMAT}", entry.format));
+    }
+    if &entry.key != key {
+        return Err("written for another key".into());
+    }
+    let expiration = humantime::parse_rfc3339(&entry.credentials.expiration)
+        .map_err(|_| "corrupt expiration".to_owned())?;
+    let left = expiration.duration_since(now).unwrap_or_default();
+    if left <= MIN_REMAINING {
+        return Err(format!("only {} s left", left.as_secs()));
+    }
+    Ok(entry.credentials)
 }
 
 #[cfg(test)]

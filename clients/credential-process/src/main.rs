@@ -10,21 +10,15 @@
 
 #![forbid(unsafe_code)]
 
-mod cache;
-mod cli;
-mod fetch;
-mod process;
-mod serve;
-
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
-
-use crate::{
+use tokenbridge_cred::{
     cli::{Cli, Command},
     fetch::{EXIT_FAILED, Failure},
+    process, serve,
 };
+use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -118,6 +112,6 @@ mod tests {
         assert!(!line.contains('\n'), "{line}");
         assert!(line.contains("--endpoint"), "{line}");
         assert!(line.starts_with("usage: "), "{line}");
-        assert_eq!(fetch::EXIT_USAGE, 64);
+        assert_eq!(tokenbridge_cred::fetch::EXIT_USAGE, 64);
     }
 }

@@ -147,13 +147,19 @@ async fn lock(cache: &Cache) -> Option<std::fs::File> {
     }
 }
 
-/// Prints `output` as one line of JSON on stdout.
-fn print(output: &ProcessOutput) -> Result<(), Failure> {
+/// `output` as the one line of JSON, newline included, that `process` prints.
+pub fn json_line(output: &ProcessOutput) -> Result<String, Failure> {
     let mut line = serde_json::to_string(output).map_err(|error| Failure {
         message: format!("cannot encode the credentials: {error}"),
         exit: crate::fetch::EXIT_FAILED,
     })?;
     line.push('\n');
+    Ok(line)
+}
+
+/// Prints `output` as one line of JSON on stdout.
+fn print(output: &ProcessOutput) -> Result<(), Failure> {
+    let line = json_line(output)?;
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(line.as_bytes())

@@ -31,6 +31,7 @@ fn google(jwks_uri: String, verified_token_cache_entries: u64) -> GoogleConfig {
         jwks_refetch_cooldown: Duration::from_secs(30),
         jwks_timeout: Duration::from_secs(2),
         verified_token_cache_entries,
+        jwks_stale_window: Duration::from_secs(24 * 3600),
     }
 }
 

@@ -7,12 +7,14 @@
 //!
 //! Health: the overall service (`""`) and `tokenbridge.v1.TokenExchange` report
 //! NOT_SERVING until Google's keys have been fetched once, then SERVING; on
-//! shutdown they turn NOT_SERVING before the listener closes, and in-flight
+//! shutdown they turn NOT_SERVING before the listeners close, and in-flight
 //! calls get up to `server.drain_timeout_seconds` to finish.
+//!
+//! Listeners: plaintext on `server.listen`, and with `[tls]` also TLS on
+//! `tls.listen`; one gRPC server serves both.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokenbridge_proto::v1::token_exchange_server::TokenExchangeServer;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
@@ -21,18 +23,29 @@ use crate::{
     cache::{CredentialCache, SystemClock},
     config::Config,
     exchange::Exchange,
-    grpc::TokenExchangeService,
+    grpc::{self, TokenExchangeService},
     health::{HealthHandle, health},
     jwks::Jwks,
     jwt::Verifier,
+    limits::{JANITOR_INTERVAL, RateLimits},
     policy::Policy,
     sts::Sts,
+    tls::{self, TlsError, TlsReloader},
 };
 
-/// The largest request header block accepted (the token travels in a header;
-/// tokens over 16 KiB are refused by the verifier with a clear message, this
-/// only bounds what the transport reads).
-pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// The HTTP/2 layer accepts header blocks up to this many times
+/// `limits.max_header_list_bytes`, so that the service itself refuses the
+/// ones in between with a clear RESOURCE_EXHAUSTED. Beyond it HTTP/2 refuses
+/// them (GOAWAY ENHANCE_YOUR_CALM, or HTTP 431 per RFC 9113).
+pub const TRANSPORT_HEADER_FACTOR: u32 = 8;
+
+/// Makes aws-lc-rs rustls' process-wide default crypto provider. Both of
+/// rustls' providers are in the build (reqwest brings ring), and rustls
+/// refuses to guess between them. Idempotent; the server's own TLS names
+/// its provider explicitly anyway.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -55,13 +68,21 @@ pub enum AppError {
     /// The gRPC server failed.
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The TLS certificate, key or CA file cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A running service.
 pub struct Running {
-    /// The address it listens on.
+    /// The address of the plaintext listener.
     pub addr: SocketAddr,
+    /// The address of the TLS listener, if any.
+    pub tls_addr: Option<SocketAddr>,
     exchange: Arc<Exchange>,
+    jwks: Arc<Jwks>,
+    rate_limits: Arc<RateLimits>,
+    tls: Option<Arc<TlsReloader>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), AppError>>,
 }
@@ -70,6 +91,21 @@ impl Running {
     /// The exchange core: replace the policy, inspect the cache.
     pub fn exchange(&self) -> &Arc<Exchange> {
         &self.exchange
+    }
+
+    /// Google's keys: their age and staleness.
+    pub fn jwks(&self) -> &Arc<Jwks> {
+        &self.jwks
+    }
+
+    /// The keyed rate limiters.
+    pub fn rate_limits(&self) -> &Arc<RateLimits> {
+        &self.rate_limits
+    }
+
+    /// The TLS configuration in use, if TLS is on: reload it, watch reloads.
+    pub fn tls(&self) -> Option<&Arc<TlsReloader>> {
+        self.tls.as_ref()
     }
 
     /// Starts a graceful shutdown and waits for it to finish.
@@ -96,7 +132,8 @@ pub async fn start(config: Config, policy: Policy) -> Result<Running, AppError> 
     start_on(config, policy, listener).await
 }
 
-/// Serves on `listener` in a background task.
+/// Serves on `listener` (plaintext) and, with `[tls]`, on `tls.listen`, in a
+/// background task.
 pub async fn start_on(
     config: Config,
     policy: Policy,
@@ -107,29 +144,41 @@ pub async fn start_on(
         source,
     })?;
     let service = Service::build(config, policy)?;
-    let exchange = service.exchange.clone();
+    let tls_listener = service.bind_tls().await?;
+    let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (exchange, jwks, rate_limits, tls) = (
+        service.exchange.clone(),
+        service.jwks.clone(),
+        service.rate_limits.clone(),
+        service.tls.clone(),
+    );
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(service.serve(listener, async {
+    let task = tokio::spawn(service.serve(listener, tls_listener, async {
         let _ = rx.await;
     }));
     Ok(Running {
         addr,
+        tls_addr,
         exchange,
+        jwks,
+        rate_limits,
+        tls,
         shutdown: Some(tx),
         task,
     })
 }
 
-/// Serves on `listener` until `shutdown` completes, then drains.
+/// Serves on `listener` (and the TLS listener, if configured) until
+/// `shutdown` completes, then drains.
 pub async fn serve(
     config: Config,
     policy: Policy,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    Service::build(config, policy)?
-        .serve(listener, shutdown)
-        .await
+    let service = Service::build(config, policy)?;
+    let tls_listener = service.bind_tls().await?;
+    service.serve(listener, tls_listener, shutdown).await
 }
 
 /// Every component, built and wired, not yet serving.
@@ -137,39 +186,63 @@ struct Service {
     config: Config,
     jwks: Arc<Jwks>,
     exchange: Arc<Exchange>,
+    rate_limits: Arc<RateLimits>,
+    tls: Option<Arc<TlsReloader>>,
     bindings: usize,
 }
 
 impl Service {
     fn build(config: Config, policy: Policy) -> Result<Self, AppError> {
+        install_crypto_provider();
         let g = &config.google;
-        let jwks = Arc::new(Jwks::new(
-            g.jwks_uri.clone(),
-            g.jwks_timeout,
-            g.jwks_refetch_cooldown,
-        )?);
+        let jwks = Arc::new(
+            Jwks::new(g.jwks_uri.clone(), g.jwks_timeout, g.jwks_refetch_cooldown)?
+                .with_stale_window(g.jwks_stale_window),
+        );
         let verifier = Arc::new(Verifier::new(g, jwks.clone()));
         let sts = Arc::new(Sts::new(&config.aws));
         let bindings = policy.binding_count();
         let cache = CredentialCache::new(sts, config.cache.clone(), Arc::new(SystemClock));
-        let exchange = Arc::new(Exchange::new(verifier, policy, cache));
+        let rate_limits = Arc::new(RateLimits::new(&config.limits));
+        let exchange =
+            Arc::new(Exchange::new(verifier, policy, cache).with_rate_limits(rate_limits.clone()));
+        let tls = match &config.tls {
+            Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
+            None => None,
+        };
         Ok(Self {
             config,
             jwks,
             exchange,
+            rate_limits,
+            tls,
             bindings,
         })
+    }
+
+    async fn bind_tls(&self) -> Result<Option<TcpListener>, AppError> {
+        let Some(t) = &self.config.tls else {
+            return Ok(None);
+        };
+        let addr = t.listen;
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| AppError::Bind { addr, source })
     }
 
     async fn serve(
         self,
         listener: TcpListener,
+        tls_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let Service {
             config,
             jwks,
             exchange,
+            rate_limits,
+            tls,
             bindings,
         } = self;
         let g = &config.google;
@@ -180,8 +253,15 @@ impl Service {
             .build_v1()?;
 
         let keys = AbortOnDrop(tokio::spawn(keep_keys(jwks, reporter.clone())));
+        let janitor = AbortOnDrop(tokio::spawn(forget_idle_callers(rate_limits.clone())));
+        let tls_watch = tls.clone().map(|t| {
+            AbortOnDrop(tokio::spawn(async move {
+                t.watch_files().await;
+            }))
+        });
 
         let addr = listener.local_addr().ok();
+        let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
         info!(
             listen = ?addr,
             audiences = ?g.audiences,
@@ -193,19 +273,41 @@ impl Service {
             policy_file = %config.policy_file.display(),
             bindings,
             cache = ?config.cache,
+            limits = ?config.limits,
+            fallback_regions = ?config.aws.fallback_regions.iter().map(|f| f.region.as_str()).collect::<Vec<_>>(),
+            jwks_stale_window_secs = g.jwks_stale_window.as_secs(),
+            tls_listen = ?tls_addr,
+            tls_client_ca = ?config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()),
             "tokenbridge serving"
         );
+        if tls.is_some() && addr.is_some_and(|a| !a.ip().is_loopback()) {
+            warn!(listen = ?addr, "TLS is on, and plaintext is served on a non-loopback address too; bind server.listen to loopback unless a TLS-terminating proxy needs it");
+        }
 
+        let limits = &config.limits;
+        let token_exchange = grpc::limited(
+            TokenExchangeService::new(exchange)
+                .with_rate_limits(rate_limits)
+                .with_request_timeout(limits.request_timeout)
+                .with_max_header_bytes(limits.max_header_list_bytes as usize),
+            limits,
+        );
         let (draining_tx, draining_rx) = oneshot::channel::<()>();
         let stop_reporter = reporter.clone();
+        let incoming = tls::incoming(
+            tcp_incoming(listener),
+            tls_listener.zip(tls).map(|(l, t)| (tcp_incoming(l), t)),
+        );
         let server = tonic::transport::Server::builder()
-            .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+            .http2_max_header_list_size(
+                limits
+                    .max_header_list_bytes
+                    .saturating_mul(TRANSPORT_HEADER_FACTOR),
+            )
             .add_service(health)
             .add_service(reflection)
-            .add_service(TokenExchangeServer::new(TokenExchangeService::new(
-                exchange,
-            )))
-            .serve_with_incoming_shutdown(incoming(listener), async move {
+            .add_service(token_exchange)
+            .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 info!("shutting down: health NOT_SERVING, draining in-flight calls");
                 stop_reporter.shutting_down();
@@ -219,7 +321,7 @@ impl Service {
                 warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
             }
         }
-        drop(keys);
+        drop((keys, janitor, tls_watch));
         info!("tokenbridge stopped");
         Ok(())
     }
@@ -227,7 +329,7 @@ impl Service {
 
 /// Accepted connections get `TCP_NODELAY` (without it, small gRPC frames
 /// wait for delayed ACKs: ~40 ms per call) and TCP keepalive.
-fn incoming(listener: TcpListener) -> TcpIncoming {
+fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)))
@@ -249,13 +351,29 @@ async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
     tokio::time::sleep(drain).await;
 }
 
+/// Forgets rate-limiter state of callers that have gone quiet, so memory
+/// follows the number of active callers, not of all callers ever seen.
+async fn forget_idle_callers(rate_limits: Arc<RateLimits>) {
+    let mut tick = tokio::time::interval(JANITOR_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        rate_limits.retain_recent();
+    }
+}
+
 /// Fetches Google's keys until they are there, reports SERVING, then keeps
 /// them fresh in the background ahead of `max-age`.
 async fn keep_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
-    let mut wait = Duration::from_millis(250);
+    use backon::BackoffBuilder as _;
+    let mut backoff = backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(15))
+        .with_jitter()
+        .without_max_times()
+        .build();
     while !jwks.prefetch().await {
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(30));
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(15))).await;
     }
     reporter.set_serving();
     info!("Google signing keys loaded; health SERVING");

@@ -13,14 +13,19 @@
 //! | `google.jwks_refetch_cooldown_seconds` | `30` | at most one unknown-`kid` refetch per this many seconds |
 //! | `google.jwks_timeout_ms` | `2000` | one JWKS fetch, connect to last byte |
 //! | `google.verified_token_cache_entries` | `100000` | verified tokens remembered until `exp` (0: off) |
+//! | `google.jwks_stale_window_seconds` | `86400` | how long past their `max-age` the last good keys keep verifying while Google's JWKS cannot be fetched |
 //! | `aws.region` | required | STS regional endpoint |
 //! | `aws.sts_endpoint` | regional endpoint | override: VPC endpoint or a local emulator |
-//! | `aws.sts_timeout_ms` | `3000` | one `AssumeRoleWithWebIdentity`, retries included |
+//! | `aws.sts_timeout_ms` | `3000` | one `AssumeRoleWithWebIdentity`, retries and fallback regions included |
+//! | `aws.fallback_regions` | `[]` | regions tried in order when the primary fails with a retryable error |
+//! | `aws.fallback_sts_endpoints` | regional endpoints | one endpoint override per fallback region |
 //! | `policy.file` | required | the policy table; relative to the config file's folder |
 //! | `cache.enabled` | `true` | cache credentials per (sub, role, duration) |
 //! | `cache.max_entries` | `100000` | most credentials cached |
 //! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
 //! | `cache.refresh_window_seconds` | `600` | refresh in the background this long before the margin |
+//! | `limits.*` | see [`crate::limits`] | rate, concurrency, deadline and size limits |
+//! | `tls.*` | off | see [`crate::tls`] |
 //!
 //! The process reads no environment variable for its configuration except
 //! `RUST_LOG` (log filter).
@@ -37,6 +42,8 @@ use toml::Spanned;
 use crate::{
     cache::CacheConfig,
     diag::{Problem, Problems},
+    limits::{LimitsConfig, Rate},
+    tls::TlsConfig,
 };
 
 /// Google's production JWKS endpoint.
@@ -57,6 +64,10 @@ pub struct Config {
     pub policy_file: PathBuf,
     /// `[cache]`: the credentials cache.
     pub cache: CacheConfig,
+    /// `[limits]`: what callers may ask of the service.
+    pub limits: LimitsConfig,
+    /// `[tls]`: the TLS listener, if any.
+    pub tls: Option<TlsConfig>,
 }
 
 /// `[server]`.
@@ -83,6 +94,9 @@ pub struct GoogleConfig {
     pub jwks_timeout: Duration,
     /// Most verified tokens remembered (0: verify every time).
     pub verified_token_cache_entries: u64,
+    /// How long past their `max-age` the last good keys keep verifying
+    /// while no fresh key set can be fetched.
+    pub jwks_stale_window: Duration,
 }
 
 /// `[aws]`: how STS is called.
@@ -92,8 +106,20 @@ pub struct AwsConfig {
     pub region: String,
     /// Endpoint override (VPC endpoint, local emulator).
     pub sts_endpoint: Option<String>,
-    /// Time limit of one `AssumeRoleWithWebIdentity`, retries included.
+    /// Time limit of one `AssumeRoleWithWebIdentity`, retries and fallback
+    /// regions included.
     pub sts_timeout: Duration,
+    /// Regions tried in order when the primary fails with a retryable error.
+    pub fallback_regions: Vec<FallbackRegion>,
+}
+
+/// A region STS calls fall back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackRegion {
+    /// The region.
+    pub region: String,
+    /// Endpoint override; `None`: the region's STS endpoint.
+    pub sts_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +132,33 @@ struct RawConfig {
     policy: RawPolicyRef,
     #[serde(default)]
     cache: RawCache,
+    #[serde(default)]
+    limits: RawLimits,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_concurrent_requests: Option<Spanned<i64>>,
+    request_timeout_ms: Option<Spanned<i64>>,
+    max_request_bytes: Option<Spanned<i64>>,
+    max_header_list_bytes: Option<Spanned<i64>>,
+    per_peer_requests_per_second: Option<Spanned<i64>>,
+    per_peer_burst: Option<Spanned<i64>>,
+    per_peer_exempt_loopback: Option<bool>,
+    per_subject_requests_per_second: Option<Spanned<i64>>,
+    per_subject_burst: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    listen: Spanned<String>,
+    cert_file: Spanned<String>,
+    key_file: Spanned<String>,
+    client_ca_file: Option<Spanned<String>>,
+    reload_interval_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -133,6 +186,7 @@ struct RawGoogle {
     jwks_refetch_cooldown_seconds: Option<Spanned<i64>>,
     jwks_timeout_ms: Option<Spanned<i64>>,
     verified_token_cache_entries: Option<Spanned<i64>>,
+    jwks_stale_window_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +195,8 @@ struct RawAws {
     region: Spanned<String>,
     sts_endpoint: Option<Spanned<String>>,
     sts_timeout_ms: Option<Spanned<i64>>,
+    fallback_regions: Option<Spanned<Vec<Spanned<String>>>>,
+    fallback_sts_endpoints: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -244,18 +300,23 @@ impl Config {
             100..=60_000,
         );
 
+        let jwks_stale_window = seconds(
+            &mut problems,
+            "google.jwks_stale_window_seconds",
+            &g.jwks_stale_window_seconds,
+            24 * 3600,
+            0..=7 * 24 * 3600,
+        );
+
         let a = &raw.aws;
         let region = a.region.get_ref();
-        let region_ok = !region.is_empty()
-            && region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
+        if !region_ok(region) {
             problems.at(
                 a.region.span(),
                 format!("aws.region: `{region}` is not an AWS region name such as us-east-1"),
             );
         }
+        let fallback_regions = fallback_regions(&mut problems, a);
         if let Some(v) = &a.sts_endpoint
             && let Err(reason) = check_upstream_url(v.get_ref())
         {
@@ -303,6 +364,49 @@ impl Config {
             ),
         };
 
+        let limits = limits(&mut problems, &raw.limits);
+        let tls = raw.tls.as_ref().map(|t| {
+            let base = path.parent().unwrap_or(Path::new(""));
+            let file = |problems: &mut Problems<'_>, key: &str, v: &Spanned<String>| {
+                if v.get_ref().trim().is_empty() {
+                    problems.at(v.span(), format!("tls.{key}: a path is required"));
+                }
+                base.join(v.get_ref())
+            };
+            let tls_listen = t.listen.get_ref().parse().unwrap_or_else(|_| {
+                problems.at(
+                    t.listen.span(),
+                    format!(
+                        "tls.listen: `{}` is not an IP address and port such as 0.0.0.0:50443",
+                        t.listen.get_ref()
+                    ),
+                );
+                listen
+            });
+            if tls_listen == listen && tls_listen.port() != 0 {
+                problems.at(
+                    t.listen.span(),
+                    "tls.listen: must differ from server.listen (plaintext stays on server.listen)",
+                );
+            }
+            TlsConfig {
+                listen: tls_listen,
+                cert_file: file(&mut problems, "cert_file", &t.cert_file),
+                key_file: file(&mut problems, "key_file", &t.key_file),
+                client_ca_file: t
+                    .client_ca_file
+                    .as_ref()
+                    .map(|v| file(&mut problems, "client_ca_file", v)),
+                reload_interval: seconds(
+                    &mut problems,
+                    "tls.reload_interval_seconds",
+                    &t.reload_interval_seconds,
+                    10,
+                    1..=86_400,
+                ),
+            }
+        });
+
         if !problems.found.is_empty() {
             return Err(problems.found);
         }
@@ -318,15 +422,174 @@ impl Config {
                 jwks_refetch_cooldown: cooldown,
                 jwks_timeout,
                 verified_token_cache_entries,
+                jwks_stale_window,
             },
             aws: AwsConfig {
                 region: region.clone(),
                 sts_endpoint: a.sts_endpoint.as_ref().map(|v| v.get_ref().clone()),
                 sts_timeout,
+                fallback_regions,
             },
             policy_file,
             cache,
+            limits,
+            tls,
         })
+    }
+}
+
+fn region_ok(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn fallback_regions(problems: &mut Problems<'_>, a: &RawAws) -> Vec<FallbackRegion> {
+    let Some(regions) = &a.fallback_regions else {
+        if let Some(endpoints) = &a.fallback_sts_endpoints {
+            problems.at(
+                endpoints.span(),
+                "aws.fallback_sts_endpoints: set without aws.fallback_regions",
+            );
+        }
+        return Vec::new();
+    };
+    let names = strings(problems, "aws.fallback_regions", regions);
+    for item in regions.get_ref() {
+        let name = item.get_ref();
+        if !name.trim().is_empty() && !region_ok(name) {
+            problems.at(
+                item.span(),
+                format!(
+                    "aws.fallback_regions: `{name}` is not an AWS region name such as us-west-2"
+                ),
+            );
+        }
+        if name == a.region.get_ref() {
+            problems.at(
+                item.span(),
+                format!("aws.fallback_regions: `{name}` is the primary region"),
+            );
+        }
+    }
+    let endpoints: Vec<Option<String>> = match &a.fallback_sts_endpoints {
+        None => vec![None; names.len()],
+        Some(list) => {
+            if list.get_ref().len() != regions.get_ref().len() {
+                problems.at(
+                    list.span(),
+                    format!(
+                        "aws.fallback_sts_endpoints: {} endpoints for {} fallback regions; give one per region",
+                        list.get_ref().len(),
+                        regions.get_ref().len()
+                    ),
+                );
+            }
+            list.get_ref()
+                .iter()
+                .map(|v| {
+                    if let Err(reason) = check_upstream_url(v.get_ref()) {
+                        problems.at(v.span(), format!("aws.fallback_sts_endpoints: {reason}"));
+                    }
+                    Some(v.get_ref().clone())
+                })
+                .collect()
+        }
+    };
+    names
+        .into_iter()
+        .zip(endpoints)
+        .map(|(region, sts_endpoint)| FallbackRegion {
+            region,
+            sts_endpoint,
+        })
+        .collect()
+}
+
+fn limits(problems: &mut Problems<'_>, l: &RawLimits) -> LimitsConfig {
+    let d = LimitsConfig::default();
+    let rate = |problems: &mut Problems<'_>,
+                key: &str,
+                per_second: &Option<Spanned<i64>>,
+                burst: &Option<Spanned<i64>>,
+                default: Option<Rate>| {
+        let default_rate = default.map_or(0, |r| u64::from(r.per_second.get()));
+        let default_burst = default.map_or(1, |r| u64::from(r.burst.get()));
+        let per_second = number(
+            problems,
+            &format!("limits.{key}_requests_per_second"),
+            per_second,
+            default_rate,
+            0..=1_000_000,
+            "requests per second",
+        );
+        let burst = number(
+            problems,
+            &format!("limits.{key}_burst"),
+            burst,
+            default_burst,
+            1..=1_000_000,
+            "requests",
+        );
+        Rate::new(
+            u32::try_from(per_second).unwrap_or(u32::MAX),
+            u32::try_from(burst).unwrap_or(u32::MAX),
+        )
+    };
+    LimitsConfig {
+        max_concurrent_requests: usize::try_from(number(
+            problems,
+            "limits.max_concurrent_requests",
+            &l.max_concurrent_requests,
+            d.max_concurrent_requests as u64,
+            1..=1_000_000,
+            "requests",
+        ))
+        .unwrap_or(d.max_concurrent_requests),
+        request_timeout: millis(
+            problems,
+            "limits.request_timeout_ms",
+            &l.request_timeout_ms,
+            d.request_timeout.as_millis() as u64,
+            100..=600_000,
+        ),
+        max_request_bytes: usize::try_from(number(
+            problems,
+            "limits.max_request_bytes",
+            &l.max_request_bytes,
+            d.max_request_bytes as u64,
+            256..=4 * 1024 * 1024,
+            "bytes",
+        ))
+        .unwrap_or(d.max_request_bytes),
+        max_header_list_bytes: u32::try_from(number(
+            problems,
+            "limits.max_header_list_bytes",
+            &l.max_header_list_bytes,
+            u64::from(d.max_header_list_bytes),
+            // A 16 KiB token and the usual gRPC headers must fit.
+            20 * 1024..=1024 * 1024,
+            "bytes",
+        ))
+        .unwrap_or(d.max_header_list_bytes),
+        per_peer: rate(
+            problems,
+            "per_peer",
+            &l.per_peer_requests_per_second,
+            &l.per_peer_burst,
+            d.per_peer,
+        ),
+        per_peer_exempt_loopback: l
+            .per_peer_exempt_loopback
+            .unwrap_or(d.per_peer_exempt_loopback),
+        per_subject: rate(
+            problems,
+            "per_subject",
+            &l.per_subject_requests_per_second,
+            &l.per_subject_burst,
+            d.per_subject,
+        ),
     }
 }
 
@@ -504,6 +767,82 @@ file = "p.toml"
 
         let p = Config::from_toml_str("[google\n", Path::new("c.toml")).unwrap_err();
         assert_eq!(p[0].line, Some(1), "{p:?}");
+    }
+
+    #[test]
+    fn hardening_keys_have_sane_defaults() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.google.jwks_stale_window, Duration::from_secs(86_400));
+        assert!(c.aws.fallback_regions.is_empty());
+        assert!(c.tls.is_none());
+    }
+
+    #[test]
+    fn hardening_keys_parse() {
+        let src = format!(
+            "{GOOD}\n[limits]\nmax_concurrent_requests = 10\nrequest_timeout_ms = 1500\n\
+             per_peer_requests_per_second = 0\nper_subject_requests_per_second = 5\n\
+             per_subject_burst = 7\nper_peer_exempt_loopback = false\n\n\
+             [tls]\nlisten = \"0.0.0.0:50443\"\ncert_file = \"tls/cert.pem\"\n\
+             key_file = \"/abs/key.pem\"\nclient_ca_file = \"ca.pem\"\n"
+        )
+        .replace(
+            "sts_endpoint = \"http://127.0.0.1:5000\"",
+            "sts_endpoint = \"http://127.0.0.1:5000\"\nfallback_regions = [\"us-west-2\", \"eu-west-1\"]\n\
+             fallback_sts_endpoints = [\"http://127.0.0.1:5001\", \"https://sts.eu-west-1.amazonaws.com\"]",
+        );
+        let c = Config::from_toml_str(&src, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(c.limits.max_concurrent_requests, 10);
+        assert_eq!(c.limits.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.limits.per_peer, None);
+        assert_eq!(c.limits.per_subject, Rate::new(5, 7));
+        assert!(!c.limits.per_peer_exempt_loopback);
+        assert_eq!(c.aws.fallback_regions.len(), 2);
+        assert_eq!(c.aws.fallback_regions[0].region, "us-west-2");
+        assert_eq!(
+            c.aws.fallback_regions[0].sts_endpoint.as_deref(),
+            Some("http://127.0.0.1:5001")
+        );
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/tb/tls/cert.pem"));
+        assert_eq!(tls.key_file, Path::new("/abs/key.pem"));
+        assert_eq!(
+            tls.client_ca_file.as_deref(),
+            Some(Path::new("/etc/tb/ca.pem"))
+        );
+        assert_eq!(tls.reload_interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn bad_hardening_keys_are_problems_with_lines() {
+        let src = format!(
+            "{GOOD}\n[limits]\nmax_header_list_bytes = 100\nper_peer_burst = 0\n\n\
+             [tls]\nlisten = \"127.0.0.1:50051\"\ncert_file = \"\"\nkey_file = \"k\"\n"
+        )
+        .replace(
+            "sts_endpoint = \"http://127.0.0.1:5000\"",
+            "fallback_regions = [\"us-east-1\", \"Mars\"]\nfallback_sts_endpoints = [\"http://10.0.0.1\"]",
+        );
+        let problems = Config::from_toml_str(&src, Path::new("c.toml")).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for needle in [
+            "aws.fallback_regions: `us-east-1` is the primary region",
+            "aws.fallback_regions: `Mars` is not an AWS region",
+            "aws.fallback_sts_endpoints: 1 endpoints for 2 fallback regions",
+            "aws.fallback_sts_endpoints: `http://10.0.0.1` uses plain http",
+            "limits.max_header_list_bytes: 100 is outside",
+            "limits.per_peer_burst: 0 is outside",
+            "tls.listen: must differ from server.listen",
+            "tls.cert_file: a path is required",
+        ] {
+            assert!(
+                shown
+                    .iter()
+                    .any(|p| p.starts_with("c.toml:") && p.contains(needle)),
+                "{needle:?} in {shown:?}"
+            );
+        }
     }
 
     #[test]

@@ -2,7 +2,27 @@
 //! Its mapping to gRPC status codes lives in exactly one place:
 //! `impl From<Error> for tonic::Status` in [`crate::grpc`].
 
+use std::time::Duration;
+
 use crate::{jwt::VerifyError, sts::StsError};
+
+/// How long a caller is told to wait (`google.rpc.RetryInfo`) before
+/// retrying a call that failed because an upstream (Google's keys, STS) is
+/// unavailable or this server is overloaded.
+pub const RETRY_UPSTREAM: Duration = Duration::from_secs(1);
+/// The same for STS throttling: back off a little longer.
+pub const RETRY_THROTTLED: Duration = Duration::from_secs(2);
+
+/// Which rate limit a caller ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// Requests from one peer address (IPv6: its /64), checked before the
+    /// token is verified.
+    Peer,
+    /// Requests of one verified identity (the token's `sub`).
+    Subject,
+}
 
 /// Why an exchange produced no credentials.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,4 +45,68 @@ pub enum Error {
     /// STS gave no credentials; whether a retry helps depends on the case.
     #[error(transparent)]
     Sts(#[from] StsError),
+    /// The caller is over a rate limit. Retrying after `retry_after` helps;
+    /// retrying sooner does not.
+    #[error("{}", rate_limited_message(*.limit, *.retry_after))]
+    RateLimited {
+        /// Which limit.
+        limit: Limit,
+        /// When the next request would be allowed.
+        retry_after: Duration,
+    },
+    /// The server already has `limits.max_concurrent_requests` calls in
+    /// flight. Retrying shortly (ideally elsewhere) helps.
+    #[error("server overloaded: {0} requests already in flight; retry shortly")]
+    Overloaded(usize),
+    /// The request message is larger than `limits.max_request_bytes`. Not
+    /// retryable: the request must change.
+    #[error("request message is larger than the {0}-byte limit")]
+    MessageTooLarge(usize),
+    /// The request's metadata (HTTP/2 header block) is larger than
+    /// `limits.max_header_list_bytes`. Not retryable as it is.
+    #[error("request metadata is {size} bytes, over the {limit}-byte limit")]
+    HeadersTooLarge {
+        /// The size, counted as HTTP/2 does (name + value + 32 per entry).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The call did not finish within `limits.request_timeout_ms` (an
+    /// upstream was slow). Retrying later helps.
+    #[error("the request did not complete within the server's {0} ms limit; retry later")]
+    DeadlineExceeded(u64),
+}
+
+fn rate_limited_message(limit: Limit, retry_after: Duration) -> String {
+    let who = match limit {
+        Limit::Peer => "requests from this address",
+        Limit::Subject => "requests for this service account",
+    };
+    format!(
+        "rate limit exceeded: too many {who}; retry in {} ms",
+        retry_after.as_millis().max(1)
+    )
+}
+
+impl Error {
+    /// How long the caller should wait before retrying, when a retry of the
+    /// same request can help at all (it becomes `google.rpc.RetryInfo`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Token(VerifyError::KeysUnavailable) => Some(RETRY_UPSTREAM),
+            Error::Sts(StsError::Throttled(_)) => Some(RETRY_THROTTLED),
+            Error::Sts(StsError::Unavailable(_) | StsError::IdpCommunication(_)) => {
+                Some(RETRY_UPSTREAM)
+            }
+            Error::RateLimited { retry_after, .. } => Some(*retry_after),
+            Error::Overloaded(_) | Error::DeadlineExceeded(_) => Some(RETRY_UPSTREAM),
+            Error::MissingToken(_)
+            | Error::Token(_)
+            | Error::InvalidArgument(_)
+            | Error::PermissionDenied(_)
+            | Error::MessageTooLarge(_)
+            | Error::HeadersTooLarge { .. }
+            | Error::Sts(_) => None,
+        }
+    }
 }

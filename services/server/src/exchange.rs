@@ -11,6 +11,7 @@ use crate::{
     cache::{CacheKey, CredentialCache},
     error::Error,
     jwt::{VerifiedToken, Verifier, VerifyError},
+    limits::RateLimits,
     policy::{self, Denied, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
     secret::Secret,
     sts::{AssumeRoleRequest, BoxFuture, Credentials, session_name},
@@ -51,6 +52,7 @@ pub struct Exchange {
     verifier: Arc<dyn VerifyToken>,
     policy: ArcSwap<Policy>,
     credentials: CredentialCache,
+    rate_limits: Option<Arc<RateLimits>>,
 }
 
 impl Exchange {
@@ -64,7 +66,14 @@ impl Exchange {
             verifier,
             policy: ArcSwap::from_pointee(policy),
             credentials,
+            rate_limits: None,
         }
+    }
+
+    /// Applies the per-subject rate limit of `rate_limits` to verified callers.
+    pub fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
+        self.rate_limits = Some(rate_limits);
+        self
     }
 
     /// Replaces the policy table; the next request is decided by the new one.
@@ -87,6 +96,9 @@ impl Exchange {
         let verified = self.verifier.verify(token).await?;
         let claims = &verified.claims;
         tracing::Span::current().record("sub", claims.sub.as_str());
+        if let Some(limits) = &self.rate_limits {
+            limits.check_subject(&claims.sub)?;
+        }
 
         if !req.role_arn.is_empty() {
             policy::check_role_arn(&req.role_arn)

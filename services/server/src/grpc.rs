@@ -1,32 +1,146 @@
 //! gRPC transport: `tokenbridge.v1.TokenExchange` on top of [`Exchange`],
-//! the `authorization` metadata, and the one mapping from [`Error`] to
-//! `tonic::Status` (the contract's status table).
+//! the `authorization` metadata, the limits applied at the edge, and the one
+//! mapping from [`Error`] to `tonic::Status` (the contract's status table).
+//!
+//! A call passes, in order: the global concurrency limit (tower's
+//! `GlobalConcurrencyLimit` behind `LoadShed`: over the limit it is refused
+//! at once, before its message is read), the message size limit (tonic), the
+//! per-peer rate limit, then the exchange under the request deadline.
 
-use std::sync::Arc;
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use tokenbridge_proto::v1::{
-    GetCredentialsRequest, GetCredentialsResponse, token_exchange_server::TokenExchange,
+    GetCredentialsRequest, GetCredentialsResponse,
+    token_exchange_server::{SERVICE_NAME, TokenExchange, TokenExchangeServer},
 };
-use tonic::{Request, Response, Status, metadata::MetadataMap};
-use tracing::info;
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap, server::NamedService};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use tower::{
+    Service, ServiceBuilder,
+    limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer},
+    load_shed::LoadShed,
+};
+use tracing::{debug, info};
 
 use crate::{
     error::Error,
     exchange::{Exchange, ExchangeRequest},
     jwt::VerifyError,
+    limits::{LimitsConfig, RateLimits},
     secret::Secret,
-    sts::StsError,
+    sts::{BoxFuture, StsError},
 };
 
 /// The `TokenExchange` service.
 pub struct TokenExchangeService {
     exchange: Arc<Exchange>,
+    rate_limits: Option<Arc<RateLimits>>,
+    request_timeout: Option<Duration>,
+    max_header_bytes: Option<usize>,
 }
 
 impl TokenExchangeService {
-    /// Serves `exchange` over gRPC.
+    /// Serves `exchange` over gRPC, with no limits of its own.
     pub fn new(exchange: Arc<Exchange>) -> Self {
-        Self { exchange }
+        Self {
+            exchange,
+            rate_limits: None,
+            request_timeout: None,
+            max_header_bytes: None,
+        }
+    }
+
+    /// Refuses requests whose metadata is larger than `limit` bytes, counted
+    /// as HTTP/2 counts a header list.
+    pub fn with_max_header_bytes(mut self, limit: usize) -> Self {
+        self.max_header_bytes = Some(limit);
+        self
+    }
+
+    /// Applies the per-peer rate limit of `rate_limits` before anything else.
+    pub fn with_rate_limits(mut self, rate_limits: Arc<RateLimits>) -> Self {
+        self.rate_limits = Some(rate_limits);
+        self
+    }
+
+    /// Bounds each call to `timeout`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+}
+
+/// `TokenExchange` as served: `service` behind the global concurrency limit
+/// with load shedding, with the message size limit of `limits`.
+pub fn limited(service: TokenExchangeService, limits: &LimitsConfig) -> Limited {
+    let max = limits.max_concurrent_requests;
+    let server =
+        TokenExchangeServer::new(service).max_decoding_message_size(limits.max_request_bytes);
+    Limited {
+        inner: ServiceBuilder::new()
+            .load_shed()
+            .layer(GlobalConcurrencyLimitLayer::new(max))
+            .service(server),
+        max,
+        max_request_bytes: limits.max_request_bytes,
+    }
+}
+
+/// `TokenExchange` behind the concurrency limit; a shed call is answered
+/// with the status of [`Error::Overloaded`], a message over the size limit
+/// (which tonic's codec refuses with OUT_OF_RANGE) with that of
+/// [`Error::MessageTooLarge`].
+#[derive(Clone)]
+pub struct Limited {
+    inner: LoadShed<ConcurrencyLimit<TokenExchangeServer<TokenExchangeService>>>,
+    max: usize,
+    max_request_bytes: usize,
+}
+
+impl NamedService for Limited {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+impl Service<HttpRequest> for Limited {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // LoadShed is always ready (it sheds in `call` instead), and the
+        // service under it is infallible.
+        <LoadShed<_> as Service<HttpRequest>>::poll_ready(&mut self.inner, cx).map(|_| Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let (max, max_bytes) = (self.max, self.max_request_bytes);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            // LoadShed's only error: the concurrency limit is reached.
+            let response = call.await.unwrap_or_else(|_| {
+                debug!(max_concurrent_requests = max, "call shed: overloaded");
+                Status::from(Error::Overloaded(max)).into_http()
+            });
+            // The service itself never answers OUT_OF_RANGE (see the table
+            // below): this is the codec's message size limit.
+            let out_of_range = (Code::OutOfRange as i32).to_string();
+            if response
+                .headers()
+                .get("grpc-status")
+                .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
+            {
+                return Ok(Status::from(Error::MessageTooLarge(max_bytes)).into_http());
+            }
+            Ok(response)
+        })
     }
 }
 
@@ -37,7 +151,16 @@ impl TokenExchange for TokenExchangeService {
         request: Request<GetCredentialsRequest>,
     ) -> Result<Response<GetCredentialsResponse>, Status> {
         let peer = request.remote_addr();
-        let result = async {
+        let call = async {
+            if let Some(limits) = &self.rate_limits {
+                limits.check_peer(peer.map(|p| p.ip()))?;
+            }
+            if let Some(limit) = self.max_header_bytes {
+                let size = header_list_size(request.metadata());
+                if size > limit {
+                    return Err(Error::HeadersTooLarge { size, limit });
+                }
+            }
             let token = bearer_token(request.metadata())?;
             let req = request.into_inner();
             self.exchange
@@ -49,8 +172,13 @@ impl TokenExchange for TokenExchangeService {
                     },
                 )
                 .await
-        }
-        .await;
+        };
+        let result = match self.request_timeout {
+            None => call.await,
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(Error::DeadlineExceeded(limit.as_millis() as u64))),
+        };
         match result {
             Ok(issued) => {
                 let c = issued.credentials;
@@ -64,12 +192,28 @@ impl TokenExchange for TokenExchangeService {
                 }))
             }
             Err(e) => {
+                let limited = matches!(e, Error::RateLimited { .. });
                 let status = Status::from(e);
-                info!(peer = ?peer, code = ?status.code(), reason = status.message(), "exchange refused");
+                if limited {
+                    // A flood must not become a flood of log lines.
+                    debug!(peer = ?peer, code = ?status.code(), reason = status.message(), "exchange refused");
+                } else {
+                    info!(peer = ?peer, code = ?status.code(), reason = status.message(), "exchange refused");
+                }
                 Err(status)
             }
         }
     }
+}
+
+/// The size of the metadata as HTTP/2 counts a header list: name, value and
+/// 32 bytes per entry.
+fn header_list_size(metadata: &MetadataMap) -> usize {
+    metadata
+        .as_ref()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum()
 }
 
 /// The token from `authorization: Bearer <token>`.
@@ -98,14 +242,15 @@ fn bearer_token(metadata: &MetadataMap) -> Result<Secret<String>, Error> {
 const EXPECTED_FORM: &str = "malformed authorization metadata: expected `Bearer <Google ID token>`";
 
 /// The contract's status table. Exhaustive on purpose: a new error case must
-/// be given its code here.
+/// be given its code here. Errors that a later retry can cure carry a
+/// `google.rpc.RetryInfo` detail with the delay from [`Error::retry_after`].
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let message = err.to_string();
-        match err {
-            Error::MissingToken(_) => Status::unauthenticated(message),
+        let code = match &err {
+            Error::MissingToken(_) => Code::Unauthenticated,
             Error::Token(e) => match e {
-                VerifyError::KeysUnavailable => Status::unavailable(message),
+                VerifyError::KeysUnavailable => Code::Unavailable,
                 VerifyError::TooLarge(_)
                 | VerifyError::Malformed(_)
                 | VerifyError::Algorithm(_)
@@ -121,31 +266,46 @@ impl From<Error> for Status {
                 | VerifyError::MissingClaim(_)
                 | VerifyError::ClaimType(..)
                 | VerifyError::DuplicateClaim(_)
-                | VerifyError::Lifetime => Status::unauthenticated(message),
+                | VerifyError::Lifetime => Code::Unauthenticated,
             },
-            Error::InvalidArgument(_) => Status::invalid_argument(message),
-            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Sts(e) => match e {
                 StsError::InvalidIdentityToken(_) | StsError::ExpiredToken(_) => {
-                    Status::unauthenticated(message)
+                    Code::Unauthenticated
                 }
-                StsError::AccessDenied(_) | StsError::IdpRejectedClaim(_) => {
-                    Status::permission_denied(message)
-                }
+                StsError::AccessDenied(_) | StsError::IdpRejectedClaim(_) => Code::PermissionDenied,
                 StsError::IdpCommunication(_)
                 | StsError::Throttled(_)
-                | StsError::Unavailable(_) => Status::unavailable(message),
-                StsError::Refused { .. } => Status::failed_precondition(message),
+                | StsError::Unavailable(_) => Code::Unavailable,
+                StsError::Refused { .. } => Code::FailedPrecondition,
             },
+            Error::RateLimited { .. }
+            | Error::Overloaded(_)
+            | Error::MessageTooLarge(_)
+            | Error::HeadersTooLarge { .. } => Code::ResourceExhausted,
+            // The server's own deadline: an upstream was too slow. Callers
+            // retry UNAVAILABLE; DEADLINE_EXCEEDED is what a client reports
+            // when its own deadline passes.
+            Error::DeadlineExceeded(_) => Code::Unavailable,
+        };
+        match err.retry_after() {
+            Some(delay) => Status::with_error_details(
+                code,
+                message,
+                ErrorDetails::with_retry_info(Some(delay)),
+            ),
+            None => Status::new(code, message),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tonic::Code;
+    use std::time::Duration;
 
     use super::*;
+    use crate::error::Limit;
 
     fn md(values: &[&str]) -> MetadataMap {
         let mut m = MetadataMap::new();
@@ -227,5 +387,46 @@ mod tests {
             ),
             Code::FailedPrecondition
         );
+        assert_eq!(
+            code(Error::RateLimited {
+                limit: Limit::Peer,
+                retry_after: Duration::from_millis(250)
+            }),
+            Code::ResourceExhausted
+        );
+        assert_eq!(code(Error::Overloaded(10)), Code::ResourceExhausted);
+        assert_eq!(code(Error::DeadlineExceeded(5000)), Code::Unavailable);
+        assert_eq!(code(Error::MessageTooLarge(4096)), Code::ResourceExhausted);
+        assert_eq!(
+            code(Error::HeadersTooLarge {
+                size: 70_000,
+                limit: 65_536
+            }),
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn retryable_failures_carry_retry_info_and_others_do_not() {
+        let retry = |e: Error| {
+            Status::from(e)
+                .get_details_retry_info()
+                .and_then(|r| r.retry_delay)
+        };
+        assert_eq!(
+            retry(Error::RateLimited {
+                limit: Limit::Subject,
+                retry_after: Duration::from_millis(250)
+            }),
+            Some(Duration::from_millis(250))
+        );
+        assert!(retry(StsError::Throttled("x".into()).into()).is_some());
+        assert!(retry(StsError::Unavailable("x".into()).into()).is_some());
+        assert!(retry(VerifyError::KeysUnavailable.into()).is_some());
+        assert!(retry(Error::Overloaded(1)).is_some());
+        assert!(retry(Error::DeadlineExceeded(1)).is_some());
+        assert_eq!(retry(VerifyError::Expired.into()), None);
+        assert_eq!(retry(StsError::AccessDenied("x".into()).into()), None);
+        assert_eq!(retry(Error::PermissionDenied("x".into())), None);
     }
 }

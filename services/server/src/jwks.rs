@@ -1,5 +1,6 @@
 //! Google's signing keys: fetched over HTTPS (reqwest + rustls), kept in
-//! memory for the response's `Cache-Control: max-age`, refetched on demand.
+//! memory for the response's `Cache-Control: max-age`, refreshed ahead of it
+//! in the background, refetched on demand.
 //!
 //! * Keys that are not RSA signature keys of at least 2048 bits, or that are
 //!   otherwise unusable (bad encoding, `use` other than `sig`, `alg` other than
@@ -8,9 +9,19 @@
 //!   concurrent caller (single flight behind one async lock), and such
 //!   refetches happen at most once per `jwks_refetch_cooldown_seconds`, so a
 //!   flood of random `kid`s cannot make the service hammer Google.
-//! * A failed fetch never throws away the keys we have: expired keys keep
-//!   verifying until a fetch succeeds, and a failing endpoint is retried at
-//!   most once per [`FAILURE_RETRY`].
+//! * Outages of Google's endpoint (down, slow, 5xx, garbage, an empty key
+//!   set, an oversized body) change nothing for tokens signed with a key we
+//!   hold: a failed fetch never throws away the keys we have, and requests
+//!   never wait for a refresh of keys they already have. Past `max-age` the
+//!   last good keys are *stale* and keep verifying for
+//!   `google.jwks_stale_window_seconds` (default 24 h); after that they are
+//!   dropped from use and tokens get UNAVAILABLE until a fetch succeeds.
+//!   [`Jwks::keep_fresh`] retries with exponential backoff and jitter (1 s to
+//!   about a minute) and logs a warning while the keys are stale;
+//!   [`Jwks::key_age`] and [`Jwks::is_stale`] tell the same to metrics.
+//! * A `kid` that is not in the set while the endpoint is failing is
+//!   UNAVAILABLE ([`KeyError::Unavailable`]), not "unknown": it may be a key
+//!   Google rotated in during the outage.
 //! * `max-age` is clamped to [`MIN_MAX_AGE`]..=[`MAX_MAX_AGE`]; without one
 //!   the keys are kept for [`DEFAULT_MAX_AGE`].
 
@@ -18,11 +29,12 @@ use std::{
     collections::{HashMap, hash_map::Entry},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+use backon::{BackoffBuilder as _, ExponentialBuilder};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use headers::{CacheControl, HeaderMapExt as _};
 use jsonwebtoken::{
@@ -30,7 +42,7 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse},
 };
 use tokio::time::Instant;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Shortest time keys are kept, whatever `max-age` says.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(60);
@@ -40,10 +52,15 @@ pub const MAX_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(300);
 /// After a failed fetch, the next one waits at least this long.
 pub const FAILURE_RETRY: Duration = Duration::from_secs(1);
+/// The background refresher's longest backoff before jitter (with jitter,
+/// up to twice this).
+pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 /// Largest JWKS document accepted.
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 /// Smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
+/// Default of `google.jwks_stale_window_seconds`.
+pub const DEFAULT_STALE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// Why no key could be found for a `kid`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,7 +71,9 @@ pub enum KeyError {
     /// unless Google publishes the key.
     #[error("signing key not found")]
     UnknownKid,
-    /// No key set could be fetched and none is cached. Retrying later helps.
+    /// No usable key set is held (none fetched yet, or the last good one is
+    /// past its stale window) and none could be fetched, or the `kid` is
+    /// unknown while fetches fail. Retrying later helps.
     #[error("Google's signing keys are unavailable")]
     Unavailable,
 }
@@ -62,9 +81,18 @@ pub enum KeyError {
 /// A fetched, filtered key set.
 struct KeySet {
     keys: HashMap<String, Arc<DecodingKey>>,
+    fetched_at: Instant,
     expires_at: Instant,
     /// When the background refresher fetches again: 75-85% into `max-age`.
     refresh_due: Instant,
+}
+
+impl KeySet {
+    /// Whether the set may verify tokens at `now`: fresh, or stale but
+    /// within `stale_window` past its expiry.
+    fn usable_at(&self, now: Instant, stale_window: Duration) -> bool {
+        now < self.expires_at + stale_window
+    }
 }
 
 #[derive(Default)]
@@ -75,8 +103,8 @@ struct Gate {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
+    /// Nothing usable is held.
     Cold,
-    Expired,
     UnknownKid,
 }
 
@@ -85,14 +113,19 @@ pub struct Jwks {
     http: reqwest::Client,
     uri: String,
     cooldown: Duration,
+    stale_window: Duration,
     current: RwLock<Option<Arc<KeySet>>>,
     gate: tokio::sync::Mutex<Gate>,
     attempts: AtomicU64,
+    /// Whether the last fetch failed.
+    failing: AtomicBool,
 }
 
 impl Jwks {
     /// A cache for the key set at `uri`; `timeout` bounds each fetch and
-    /// `cooldown` separates refetches caused by unknown `kid`s.
+    /// `cooldown` separates refetches caused by unknown `kid`s. Stale keys
+    /// are used for [`DEFAULT_STALE_WINDOW`] unless
+    /// [`with_stale_window`](Self::with_stale_window) says otherwise.
     pub fn new(uri: String, timeout: Duration, cooldown: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -104,20 +137,35 @@ impl Jwks {
             http,
             uri,
             cooldown,
+            stale_window: DEFAULT_STALE_WINDOW,
             current: RwLock::new(None),
             gate: tokio::sync::Mutex::new(Gate::default()),
             attempts: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
         })
+    }
+
+    /// How long past their `max-age` the last good keys keep verifying
+    /// while no fresh set can be fetched.
+    pub fn with_stale_window(mut self, stale_window: Duration) -> Self {
+        self.stale_window = stale_window;
+        self
     }
 
     /// Fetches the key set now unless one is cached (used at start-up so the
     /// first caller does not wait). Returns whether keys are available.
     pub async fn prefetch(&self) -> bool {
         let seen = self.attempts.load(Ordering::Acquire);
-        if self.snapshot().is_some() {
+        let now = Instant::now();
+        if self
+            .snapshot()
+            .is_some_and(|set| set.usable_at(now, self.stale_window))
+        {
             return true;
         }
-        self.refresh(seen, Reason::Cold).await.is_some()
+        self.refresh(seen, Reason::Cold, now)
+            .await
+            .is_some_and(|set| set.usable_at(now, self.stale_window))
     }
 
     /// Whether any key set (fresh or stale) is held.
@@ -125,24 +173,61 @@ impl Jwks {
         self.snapshot().is_some()
     }
 
+    /// Time since the key set in use was fetched; `None` before the first
+    /// successful fetch. For metrics and logs.
+    pub fn key_age(&self) -> Option<Duration> {
+        self.snapshot()
+            .map(|set| Instant::now().saturating_duration_since(set.fetched_at))
+    }
+
+    /// Whether the key set in use is past its `max-age` (a refresh is
+    /// failing). False before the first fetch.
+    pub fn is_stale(&self) -> bool {
+        self.is_stale_at(Instant::now())
+    }
+
+    /// [`is_stale`](Self::is_stale) as of `now`.
+    pub fn is_stale_at(&self, now: Instant) -> bool {
+        self.snapshot().is_some_and(|set| set.expires_at <= now)
+    }
+
+    /// Whether the key set in use is past its stale window too (or none is
+    /// held): tokens cannot be verified until a fetch succeeds.
+    pub fn is_unusable_at(&self, now: Instant) -> bool {
+        self.snapshot()
+            .is_none_or(|set| !set.usable_at(now, self.stale_window))
+    }
+
     /// The key for `kid`, fetching or refetching the set as the rules above say.
     pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+        self.key_at(kid, Instant::now()).await
+    }
+
+    /// [`key`](Self::key) as of `now`.
+    pub async fn key_at(&self, kid: &str, now: Instant) -> Result<Arc<DecodingKey>, KeyError> {
         let seen = self.attempts.load(Ordering::Acquire);
         let set = match self.snapshot() {
-            None => self
-                .refresh(seen, Reason::Cold)
-                .await
-                .ok_or(KeyError::Unavailable)?,
-            Some(set) if set.expires_at <= Instant::now() => {
-                self.refresh(seen, Reason::Expired).await.unwrap_or(set)
-            }
-            Some(set) => set,
+            // Fresh or stale within the window: use it as it is. Refreshing
+            // it is the background refresher's job; no request waits on it.
+            Some(set) if set.usable_at(now, self.stale_window) => set,
+            _ => match self.refresh(seen, Reason::Cold, now).await {
+                Some(set) if set.usable_at(now, self.stale_window) => set,
+                _ => return Err(KeyError::Unavailable),
+            },
         };
         if let Some(key) = set.keys.get(kid) {
             return Ok(key.clone());
         }
-        let set = self.refresh(seen, Reason::UnknownKid).await.unwrap_or(set);
-        set.keys.get(kid).cloned().ok_or(KeyError::UnknownKid)
+        let set = self
+            .refresh(seen, Reason::UnknownKid, now)
+            .await
+            .filter(|set| set.usable_at(now, self.stale_window))
+            .unwrap_or(set);
+        match set.keys.get(kid) {
+            Some(key) => Ok(key.clone()),
+            None if self.failing.load(Ordering::Acquire) => Err(KeyError::Unavailable),
+            None => Err(KeyError::UnknownKid),
+        }
     }
 
     fn snapshot(&self) -> Option<Arc<KeySet>> {
@@ -162,20 +247,19 @@ impl Jwks {
 
     /// One fetch at a time; callers that waited while another fetch ran take
     /// its result instead of fetching again.
-    async fn refresh(&self, seen: u64, reason: Reason) -> Option<Arc<KeySet>> {
+    async fn refresh(&self, seen: u64, reason: Reason, now: Instant) -> Option<Arc<KeySet>> {
         let mut gate = self.gate.lock().await;
         if self.attempts.load(Ordering::Acquire) != seen {
             return self.snapshot();
         }
-        let now = Instant::now();
         if let Some(at) = gate.last_failure
-            && now.duration_since(at) < FAILURE_RETRY
+            && now.saturating_duration_since(at) < FAILURE_RETRY
         {
             return self.snapshot();
         }
         if reason == Reason::UnknownKid {
             if let Some(at) = gate.last_kid_refetch
-                && now.duration_since(at) < self.cooldown
+                && now.saturating_duration_since(at) < self.cooldown
             {
                 debug!("unknown kid: refetch skipped, cooldown in force");
                 return self.snapshot();
@@ -192,10 +276,12 @@ impl Jwks {
             Ok(set) => {
                 gate.last_failure = None;
                 self.store(set);
+                self.failing.store(false, Ordering::Release);
                 true
             }
             Err(reason_text) => {
                 gate.last_failure = Some(Instant::now());
+                self.failing.store(true, Ordering::Release);
                 warn!(jwks_uri = %self.uri, error = %reason_text, stale_keys_kept = self.has_keys(), "JWKS fetch failed");
                 false
             }
@@ -204,26 +290,63 @@ impl Jwks {
         ok
     }
 
+    /// Says how stale the keys are after a failed refresh: a warning while
+    /// the stale window lasts, an error once it is over.
+    fn report_staleness(&self) {
+        let Some(set) = self.snapshot() else { return };
+        let now = Instant::now();
+        if set.expires_at > now {
+            return;
+        }
+        let age_secs = now.saturating_duration_since(set.fetched_at).as_secs();
+        let stale_until = set.expires_at + self.stale_window;
+        if now < stale_until {
+            warn!(
+                key_age_secs = age_secs,
+                stale_for_secs = now.saturating_duration_since(set.expires_at).as_secs(),
+                usable_for_secs = stale_until.saturating_duration_since(now).as_secs(),
+                "Google signing keys are stale: refresh failing, the last good keys stay in use"
+            );
+        } else {
+            error!(
+                key_age_secs = age_secs,
+                stale_window_secs = self.stale_window.as_secs(),
+                "Google signing keys are past their stale window: tokens are refused (UNAVAILABLE) until a fetch succeeds"
+            );
+        }
+    }
+
     /// Refreshes the keys ahead of `max-age`, for as long as it runs: at
     /// 75-85% of each set's `max-age` (jittered), and after a failure again
-    /// with exponential backoff from 1 s to 60 s, keeping the last good set.
+    /// with exponential backoff and jitter from 1 s up to about a minute,
+    /// keeping the last good set and reporting how stale it is.
     pub async fn keep_fresh(&self) {
         loop {
             let due = self
                 .snapshot()
                 .map_or_else(Instant::now, |set| set.refresh_due);
             tokio::time::sleep_until(due).await;
-            let mut retry = FAILURE_RETRY;
+            let mut backoff = ExponentialBuilder::new()
+                .with_min_delay(FAILURE_RETRY)
+                .with_max_delay(MAX_FAILURE_BACKOFF)
+                .with_jitter()
+                .without_max_times()
+                .build();
+            let mut was_stale = false;
             loop {
                 let ok = {
                     let mut gate = self.gate.lock().await;
                     self.fetch_and_store(&mut gate).await
                 };
                 if ok {
+                    if was_stale {
+                        info!("Google signing keys fresh again");
+                    }
                     break;
                 }
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(Duration::from_secs(60));
+                was_stale |= self.is_stale();
+                self.report_staleness();
+                tokio::time::sleep(backoff.next().unwrap_or(MAX_FAILURE_BACKOFF)).await;
             }
         }
     }
@@ -275,6 +398,7 @@ impl Jwks {
         let refresh_due = now + max_age.mul_f64(rand::random_range(0.75..0.85));
         Ok(KeySet {
             keys,
+            fetched_at: now,
             expires_at: now + max_age,
             refresh_due,
         })
@@ -361,6 +485,17 @@ fn modulus_bits(n: &[u8]) -> usize {
     }
 }
 
+/// Parses a JWKS document as a fetch does, skipping unusable keys one by
+/// one, and returns how many usable keys it has; `Err` says why the body is
+/// not a JWKS document. (A fetch applies [`MAX_BODY_BYTES`] while reading the
+/// body, and refuses a set with no usable key, around this parse.)
+///
+/// A public entry point for the fuzz targets (`fuzz/`), which cannot reach the
+/// private parser; the server does not call it.
+pub fn parse_untrusted(body: &[u8]) -> Result<usize, String> {
+    parse_key_set(body).map(|(keys, _skipped)| keys.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +529,78 @@ mod tests {
         let (keys, skipped) = parse_key_set(doc.to_string().as_bytes()).unwrap();
         assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
         assert_eq!(skipped, 11);
+    }
+
+    use tokenbridge_testing::{Issuer, JwksFault, JwksServer};
+
+    async fn warm(max_age: u64, stale_window: Duration) -> (Issuer, JwksServer, Jwks) {
+        let issuer = Issuer::new();
+        let server = JwksServer::start(issuer.clone(), max_age).await;
+        let jwks = Jwks::new(server.uri(), Duration::from_secs(2), Duration::ZERO)
+            .unwrap()
+            .with_stale_window(stale_window);
+        assert!(jwks.prefetch().await);
+        (issuer, server, jwks)
+    }
+
+    #[tokio::test]
+    async fn stale_keys_verify_within_the_window_and_not_beyond() {
+        let (issuer, server, jwks) = warm(60, Duration::from_secs(3600)).await;
+        let kid = issuer.kid();
+        let start = Instant::now();
+        server.set_fault(Some(JwksFault::Status(503)));
+        let fetches = server.fetch_count();
+
+        // Fresh: used as is.
+        assert!(
+            jwks.key_at(&kid, start + Duration::from_secs(30))
+                .await
+                .is_ok()
+        );
+        assert!(!jwks.is_stale_at(start + Duration::from_secs(30)));
+        // Past max-age, within the stale window: still used, and no request
+        // waits for a refresh (the background refresher's job).
+        let stale = start + Duration::from_secs(60 + 1800);
+        assert!(jwks.is_stale_at(stale));
+        assert!(!jwks.is_unusable_at(stale));
+        assert!(jwks.key_at(&kid, stale).await.is_ok());
+        assert_eq!(
+            server.fetch_count(),
+            fetches,
+            "no fetch on the request path"
+        );
+        // Past the stale window: a fetch is tried, fails, and the old keys
+        // are not used any more.
+        let beyond = start + Duration::from_secs(60 + 3600 + 1);
+        assert!(jwks.is_unusable_at(beyond));
+        assert_eq!(
+            jwks.key_at(&kid, beyond).await.unwrap_err(),
+            KeyError::Unavailable
+        );
+        assert_eq!(server.fetch_count(), fetches + 1);
+        assert!(jwks.key_age().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_unknown_kid_is_unavailable_while_fetches_fail_and_unknown_otherwise() {
+        let (_, server, jwks) = warm(3600, DEFAULT_STALE_WINDOW).await;
+        assert_eq!(
+            jwks.key("not-there").await.unwrap_err(),
+            KeyError::UnknownKid
+        );
+        server.set_fault(Some(JwksFault::Garbage));
+        // After the cooldown (zero here) and the failure back-off.
+        let later = Instant::now() + FAILURE_RETRY;
+        assert_eq!(
+            jwks.key_at("not-there", later).await.unwrap_err(),
+            KeyError::Unavailable
+        );
+        server.set_fault(None);
+        let later = later + FAILURE_RETRY;
+        assert_eq!(
+            jwks.key_at("not-there", later).await.unwrap_err(),
+            KeyError::UnknownKid
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@
 //! accepted until it expires (at most an hour), as it would be by STS itself.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::HashSet,
     fmt,
     sync::Arc,
@@ -360,6 +360,9 @@ fn split_compact(raw: &str) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
 fn check_header(header: Vec<u8>) -> Result<String, VerifyError> {
     let map = parse_object(&header).map_err(|e| match e {
         StrictError::Duplicate(name) => VerifyError::DuplicateHeader(name),
+        StrictError::TooDeep => VerifyError::Malformed(
+            "the header nests JSON arrays or objects more than 32 levels deep",
+        ),
         StrictError::Invalid => VerifyError::Malformed("the header is not a JSON object"),
     })?;
     if map.contains_key("crit") {
@@ -379,6 +382,9 @@ fn check_header(header: Vec<u8>) -> Result<String, VerifyError> {
 fn parse_claims(payload: Vec<u8>) -> Result<Claims, VerifyError> {
     let mut map = parse_object(&payload).map_err(|e| match e {
         StrictError::Duplicate(name) => VerifyError::DuplicateClaim(name),
+        StrictError::TooDeep => VerifyError::Malformed(
+            "the payload nests JSON arrays or objects more than 32 levels deep",
+        ),
         StrictError::Invalid => VerifyError::Malformed("the payload is not a JSON object"),
     })?;
     let sub = required_string(&mut map, "sub")?;
@@ -457,15 +463,25 @@ fn printable(value: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 enum StrictError {
     Duplicate(String),
+    TooDeep,
     Invalid,
 }
 
-/// Parses a JSON object, refusing duplicate member names at any depth.
+/// Deepest nesting of JSON arrays and objects accepted in a token's header
+/// or payload (Google's go two levels deep). Bounds the parser's recursion
+/// well below serde_json's own limit of 128, with a clear message.
+pub const MAX_JSON_DEPTH: usize = 32;
+
+/// Parses a JSON object, refusing duplicate member names at any depth and
+/// nesting deeper than [`MAX_JSON_DEPTH`].
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
     let duplicate = RefCell::new(None);
+    let too_deep = Cell::new(false);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = StrictValue {
         duplicate: &duplicate,
+        too_deep: &too_deep,
+        depth: 0,
     }
     .deserialize(&mut de)
     .and_then(|v| {
@@ -475,6 +491,7 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
     match (parsed, duplicate.into_inner()) {
         (_, Some(name)) => Err(StrictError::Duplicate(printable(&name))),
         (Ok(Value::Object(map)), None) => Ok(map),
+        _ if too_deep.get() => Err(StrictError::TooDeep),
         _ => Err(StrictError::Invalid),
     }
 }
@@ -482,6 +499,22 @@ fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
 #[derive(Clone, Copy)]
 struct StrictValue<'a> {
     duplicate: &'a RefCell<Option<String>>,
+    too_deep: &'a Cell<bool>,
+    depth: usize,
+}
+
+impl StrictValue<'_> {
+    /// The seed for the members of an array or object at this level.
+    fn nested<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_JSON_DEPTH {
+            self.too_deep.set(true);
+            return Err(E::custom("nested too deeply"));
+        }
+        Ok(Self {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
@@ -519,24 +552,43 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(self)? {
+        while let Some(item) = seq.next_element_seed(inner)? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
         let mut map = Map::new();
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
                 *self.duplicate.borrow_mut() = Some(key);
                 return Err(de::Error::custom("duplicate member name"));
             }
-            let value = access.next_value_seed(self)?;
+            let value = access.next_value_seed(inner)?;
             map.insert(key, value);
         }
         Ok(Value::Object(map))
     }
+}
+
+/// Every check [`Verifier::verify_at`] makes before it looks a key up: the
+/// size limit, the compact-JWS shape, the header rules and the strict parse
+/// of the claims and their types, in that order. The signature is not
+/// checked, so nothing returned is trusted.
+///
+/// A public entry point for the fuzz targets (`fuzz/`), which cannot reach the
+/// private steps; the server does not call it. Keep it in step with
+/// `verify_at`.
+pub fn check_untrusted(token: &str) -> Result<Claims, VerifyError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(VerifyError::TooLarge(token.len()));
+    }
+    let (header, payload) = split_compact(token)?;
+    check_header(header)?;
+    parse_claims(payload)
 }
 
 #[cfg(test)]
@@ -560,6 +612,26 @@ mod tests {
         assert_eq!(parse_object(b"[1]"), Err(StrictError::Invalid));
         assert_eq!(parse_object(b"{} trailing"), Err(StrictError::Invalid));
         assert_eq!(parse_object(b"{"), Err(StrictError::Invalid));
+    }
+
+    #[test]
+    fn strict_parser_bounds_nesting() {
+        let nested =
+            |levels: usize| format!(r#"{{"a":{}1{}}}"#, "[".repeat(levels), "]".repeat(levels));
+        // The object is level 1: 31 arrays inside it reach the limit.
+        assert!(parse_object(nested(MAX_JSON_DEPTH - 1).as_bytes()).is_ok());
+        assert_eq!(
+            parse_object(nested(MAX_JSON_DEPTH).as_bytes()),
+            Err(StrictError::TooDeep)
+        );
+        // Far beyond serde_json's own limit: the same clear answer, no
+        // stack exhaustion.
+        assert_eq!(
+            parse_object(nested(100_000).as_bytes()),
+            Err(StrictError::TooDeep)
+        );
+        let objects = format!(r#"{}1{}"#, r#"{"a":"#.repeat(1000), "}".repeat(1000));
+        assert_eq!(parse_object(objects.as_bytes()), Err(StrictError::TooDeep));
     }
 
     #[test]

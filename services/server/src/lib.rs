@@ -10,6 +10,9 @@
 //! * [`policy`]: the policy table and its hash indexes.
 //! * [`sts`]: `AssumeRoleWithWebIdentity` through `aws-sdk-sts`.
 //! * [`config`] and [`diag`]: the config file and problems with file and line.
+//! * [`limits`]: rate limits (per peer, per subject), concurrency, deadline
+//!   and size limits.
+//! * [`tls`]: rustls from PEM files, reloaded when they change; mTLS.
 //! * [`app`]: wiring, health, reflection, graceful shutdown.
 
 #![forbid(unsafe_code)]
@@ -24,10 +27,12 @@ pub mod grpc;
 pub mod health;
 pub mod jwks;
 pub mod jwt;
+pub mod limits;
 pub mod policy;
 pub mod secret;
 pub mod sts;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;
@@ -38,9 +43,23 @@ use std::path::Path;
 use diag::Problem;
 
 /// Loads the config at `path` and the policy it names, returning every
-/// problem found in either.
+/// problem found in either (and in the TLS files it names, if any).
 pub fn load(path: &Path) -> Result<(Config, Policy), Vec<Problem>> {
     let config = Config::load(path)?;
-    let policy = Policy::load(&config.policy_file)?;
-    Ok((config, policy))
+    let tls = config.tls.as_ref().and_then(|t| {
+        tls::load(t).err().map(|e| Problem {
+            file: e.path(t).to_path_buf(),
+            line: None,
+            reason: e.to_string(),
+        })
+    });
+    let policy = Policy::load(&config.policy_file);
+    match (policy, tls) {
+        (Ok(policy), None) => Ok((config, policy)),
+        (Ok(_), Some(problem)) => Err(vec![problem]),
+        (Err(mut problems), tls) => {
+            problems.extend(tls);
+            Err(problems)
+        }
+    }
 }

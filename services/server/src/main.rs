@@ -59,6 +59,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
+            tokenbridge_server::app::install_crypto_provider();
             tokenbridge_server::telemetry::init();
             let (cfg, policy) = match tokenbridge_server::load(&config) {
                 Ok(loaded) => loaded,
@@ -134,7 +135,7 @@ impl Signals {
 
     /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the policy file (a
     /// file with problems is refused whole: the problems are logged and the
-    /// current policy stays).
+    /// current policy stays) and the TLS files (likewise).
     async fn wait_for_shutdown(
         mut self,
         running: &tokenbridge_server::app::Running,
@@ -144,17 +145,24 @@ impl Signals {
             tokio::select! {
                 _ = self.term.recv() => return,
                 _ = self.int.recv() => return,
-                _ = self.hup.recv() => match tokenbridge_server::Policy::load(policy_file) {
+                _ = self.hup.recv() => {
+                    if let Some(tls) = running.tls() {
+                        tls.reload();
+                    }
+                    match tokenbridge_server::Policy::load(policy_file) {
                     Ok(policy) => {
-                        info!(bindings = policy.binding_count(), file = %policy_file.display(), "policy reloaded (SIGHUP)");
+                        let bindings = policy.binding_count();
+                        // In force first, then said: the log line means it applies.
                         running.exchange().set_policy(policy);
+                        info!(bindings, file = %policy_file.display(), "policy reloaded (SIGHUP)");
                     }
                     Err(problems) => {
                         for p in &problems {
                             error!(problem = %p, "policy reload refused");
                         }
                     }
-                },
+                    }
+                }
             }
         }
     }

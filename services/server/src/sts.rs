@@ -6,6 +6,15 @@
 //! that a `credential_process` caller with a 5-second budget still gets an
 //! answer), an attempt timeout of half of it, and at most 3 attempts with
 //! backoff for throttling, 5xx and transport errors.
+//!
+//! Regional endpoint by default (`https://sts.REGION.amazonaws.com`, never the
+//! global one). Optional fallback regions (`aws.fallback_regions`) are tried
+//! in order when a region fails with an error a retry can cure (throttling,
+//! 5xx, timeouts, connection failures, `IDPCommunicationError`); refusals
+//! (bad token, access denied) are final. With fallbacks, each region gets at
+//! most half of `sts_timeout_ms` and all of them together at most
+//! `sts_timeout_ms`, so the overall deadline stays what the shim's budget
+//! allows.
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -15,6 +24,7 @@ use aws_sdk_sts::{
     operation::{RequestId as _, assume_role_with_web_identity::AssumeRoleWithWebIdentityError},
 };
 use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
+use tracing::{info, warn};
 
 use crate::{config::AwsConfig, policy::shorten, secret::Secret};
 
@@ -94,41 +104,105 @@ pub trait AssumeRole: Send + Sync {
     fn assume_role(&self, req: AssumeRoleRequest) -> BoxFuture<'_, Result<Credentials, StsError>>;
 }
 
-/// The real STS, through `aws-sdk-sts`.
+impl StsError {
+    /// Whether another attempt (later, or in another region) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StsError::IdpCommunication(_) | StsError::Throttled(_) | StsError::Unavailable(_) => {
+                true
+            }
+            StsError::InvalidIdentityToken(_)
+            | StsError::ExpiredToken(_)
+            | StsError::AccessDenied(_)
+            | StsError::IdpRejectedClaim(_)
+            | StsError::Refused { .. } => false,
+        }
+    }
+}
+
+/// The real STS, through `aws-sdk-sts`: the primary region, then the
+/// fallback regions in order.
 #[derive(Debug, Clone)]
 pub struct Sts {
-    client: aws_sdk_sts::Client,
+    regions: Vec<(String, aws_sdk_sts::Client)>,
+    overall: Duration,
+}
+
+fn client(region: &str, endpoint: Option<&str>, timeout: Duration) -> aws_sdk_sts::Client {
+    let timeouts = TimeoutConfig::builder()
+        .operation_timeout(timeout)
+        .operation_attempt_timeout(timeout / 2)
+        .connect_timeout(timeout.min(Duration::from_secs(1)))
+        .build();
+    let retries = RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(50))
+        .with_max_backoff(Duration::from_millis(500));
+    let mut builder = aws_sdk_sts::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .timeout_config(timeouts)
+        .retry_config(retries);
+    if let Some(endpoint) = endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    aws_sdk_sts::Client::from_conf(builder.build())
 }
 
 impl Sts {
-    /// A client for the configured region and endpoint, with no credentials.
+    /// Clients for the configured regions and endpoints, with no credentials.
     pub fn new(aws: &AwsConfig) -> Self {
-        let timeouts = TimeoutConfig::builder()
-            .operation_timeout(aws.sts_timeout)
-            .operation_attempt_timeout(aws.sts_timeout / 2)
-            .connect_timeout(aws.sts_timeout.min(Duration::from_secs(1)))
-            .build();
-        let retries = RetryConfig::standard()
-            .with_max_attempts(3)
-            .with_initial_backoff(Duration::from_millis(50))
-            .with_max_backoff(Duration::from_millis(500));
-        let mut builder = aws_sdk_sts::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(aws.region.clone()))
-            .timeout_config(timeouts)
-            .retry_config(retries);
-        if let Some(endpoint) = &aws.sts_endpoint {
-            builder = builder.endpoint_url(endpoint.clone());
+        let per_region = if aws.fallback_regions.is_empty() {
+            aws.sts_timeout
+        } else {
+            aws.sts_timeout / 2
+        };
+        let mut regions = vec![(
+            aws.region.clone(),
+            client(&aws.region, aws.sts_endpoint.as_deref(), per_region),
+        )];
+        for f in &aws.fallback_regions {
+            regions.push((
+                f.region.clone(),
+                client(&f.region, f.sts_endpoint.as_deref(), per_region),
+            ));
         }
         Self {
-            client: aws_sdk_sts::Client::from_conf(builder.build()),
+            regions,
+            overall: aws.sts_timeout,
         }
     }
 
     async fn call(&self, req: AssumeRoleRequest) -> Result<Credentials, StsError> {
+        let deadline = tokio::time::Instant::now() + self.overall;
+        let mut last = StsError::Unavailable("no STS region configured".into());
+        for (i, (region, client)) in self.regions.iter().enumerate() {
+            match tokio::time::timeout_at(deadline, Self::call_region(client, &req)).await {
+                Ok(Ok(credentials)) => {
+                    if i > 0 {
+                        info!(region = %region, "STS answered from a fallback region");
+                    }
+                    return Ok(credentials);
+                }
+                Ok(Err(e)) if e.is_retryable() => {
+                    if i + 1 < self.regions.len() {
+                        warn!(region = %region, error = %e, "STS failed; trying the next region");
+                    }
+                    last = e;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(StsError::Unavailable("timed out".into())),
+            }
+        }
+        Err(last)
+    }
+
+    async fn call_region(
+        client: &aws_sdk_sts::Client,
+        req: &AssumeRoleRequest,
+    ) -> Result<Credentials, StsError> {
         let token = req.web_identity_token.expose();
-        let out = self
-            .client
+        let out = client
             .assume_role_with_web_identity()
             .role_arn(&req.role_arn)
             .role_session_name(&req.session_name)
@@ -268,6 +342,40 @@ mod tests {
         assert_eq!(session_name("a b/c:d"), "a-b-c-d");
         assert_eq!(session_name("é"), "--");
         assert_eq!(session_name(&"x".repeat(100)).len(), 64);
+    }
+
+    #[tokio::test]
+    async fn the_default_endpoint_is_regional_even_in_us_east_1() {
+        use aws_sdk_sts::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
+        for region in ["us-east-1", "eu-west-1"] {
+            // What the SDK resolves for a client built as `client()` builds
+            // it: a region, no endpoint override, no global-endpoint flag.
+            let params = Params::builder().region(region).build().unwrap();
+            let endpoint = DefaultResolver::new()
+                .resolve_endpoint(&params)
+                .await
+                .unwrap();
+            assert_eq!(
+                endpoint.url(),
+                format!("https://sts.{region}.amazonaws.com")
+            );
+        }
+    }
+
+    #[test]
+    fn only_transient_failures_are_retried_elsewhere() {
+        assert!(StsError::Throttled("x".into()).is_retryable());
+        assert!(StsError::Unavailable("x".into()).is_retryable());
+        assert!(StsError::IdpCommunication("x".into()).is_retryable());
+        assert!(!StsError::AccessDenied("x".into()).is_retryable());
+        assert!(!StsError::InvalidIdentityToken("x".into()).is_retryable());
+        assert!(
+            !StsError::Refused {
+                code: "ValidationError".into(),
+                message: "x".into()
+            }
+            .is_retryable()
+        );
     }
 
     #[test]

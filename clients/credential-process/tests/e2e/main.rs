@@ -12,3 +12,4 @@ mod cache;
 mod common;
 mod faults;
 mod secrets;
+mod tls;

@@ -483,3 +483,120 @@ async fn sighup_reloads_the_policy_and_refuses_a_broken_one() {
     let (status, _) = server.wait_exit().await;
     assert!(status.success());
 }
+
+#[tokio::test]
+async fn sigkill_mid_request_is_unavailable_and_a_restart_serves_again() {
+    use std::os::unix::process::ExitStatusExt as _;
+    use tokenbridge_client::{
+        Client, Config as ClientConfig, CredentialsRequest, IdToken, RetryPolicy,
+    };
+
+    let issuer = Issuer::new();
+    let jwks = JwksServer::start(issuer.clone(), 3600).await;
+    let sts = FakeSts::start(FakeStsMode::Gated).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = write_config(dir.path(), &addr, &jwks.uri(), &sts.endpoint());
+    let mut server = Server::spawn(&config, addr.clone(), "info");
+    server.wait_serving().await;
+    // The real client crate, retries off: what a caller sees on each try.
+    let client =
+        Client::new(&ClientConfig::new(format!("http://{addr}")).with_retry(RetryPolicy::none()))
+            .unwrap();
+    let token = IdToken::parse(issuer.token(&workload(), AUDIENCE)).unwrap();
+    let request = CredentialsRequest::role(ROLE_A);
+
+    // A call held inside STS when the process dies.
+    let in_flight = {
+        let (client, token, request) = (client.clone(), token.clone(), request.clone());
+        tokio::spawn(async move { client.get_credentials(&token, &request).await })
+    };
+    within(Duration::from_secs(60), sts.wait_for_requests(1)).await;
+    let status = Command::new("kill")
+        .args(["-KILL", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let err = within(Duration::from_secs(60), in_flight)
+        .await
+        .unwrap()
+        .expect_err("the process died mid-call");
+    assert!(err.is_unavailable(), "{err:?}");
+    let (exit, _) = server.wait_exit().await;
+    assert_eq!(exit.signal(), Some(9), "{exit:?}");
+    // While it is down, calls fail fast as UNAVAILABLE (nothing listens).
+    let err = within(
+        Duration::from_secs(60),
+        client.get_credentials(&token, &request),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+
+    // Restarted on the same address, it serves the same client again.
+    sts.set_mode(FakeStsMode::Success);
+    let mut server = Server::spawn(&config, addr, "info");
+    let channel = server.wait_serving().await;
+    let creds = within(
+        Duration::from_secs(60),
+        client.get_credentials(&token, &request),
+    )
+    .await
+    .unwrap();
+    assert!(creds.access_key_id.starts_with("ASIA"));
+    drop((client, channel));
+    server.sigterm();
+    let (status, log) = server.wait_exit().await;
+    assert!(status.success(), "{status:?}\n{log}");
+}
+
+#[test]
+fn check_reports_unusable_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "127.0.0.1:50051",
+        "http://127.0.0.1:1/certs",
+        "http://127.0.0.1:1",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[tls]\nlisten = \"127.0.0.1:50443\"\ncert_file = \"tls/cert.pem\"\nkey_file = \"tls/key.pem\"\n",
+    );
+    std::fs::write(&config, &text).unwrap();
+    let check = || {
+        Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains("cannot read the certificate file") && stderr.contains("tls/cert.pem"),
+        "{stderr}"
+    );
+
+    // A certificate with another certificate's key: refused too.
+    let ca = tokenbridge_testing::Pki::new("check CA");
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    std::fs::write(dir.path().join("tls/cert.pem"), ca.server().cert).unwrap();
+    std::fs::write(dir.path().join("tls/key.pem"), ca.server().key).unwrap();
+    let out = check();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("cannot be used together"), "{stderr}");
+
+    // The matching pair: ok.
+    let pair = ca.server();
+    std::fs::write(dir.path().join("tls/cert.pem"), &pair.cert).unwrap();
+    std::fs::write(dir.path().join("tls/key.pem"), &pair.key).unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

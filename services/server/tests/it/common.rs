@@ -9,7 +9,9 @@ use tokenbridge_server::{
     Policy,
     app::{self, Running},
     cache::CacheConfig,
-    config::{AwsConfig, Config, DEFAULT_ISSUERS, GoogleConfig, ServerConfig},
+    config::{AwsConfig, Config, DEFAULT_ISSUERS, FallbackRegion, GoogleConfig, ServerConfig},
+    limits::LimitsConfig,
+    tls::TlsConfig,
 };
 use tokenbridge_testing::{Issuer, JwksServer, Moto, ServiceAccount};
 use tonic::{Request, Status, transport::Channel};
@@ -81,6 +83,11 @@ pub struct Options {
     pub wait_ready: bool,
     pub cache: CacheConfig,
     pub verified_token_cache_entries: u64,
+    pub limits: LimitsConfig,
+    pub tls: Option<TlsConfig>,
+    pub jwks_stale_window: Duration,
+    pub jwks_timeout: Duration,
+    pub fallback_regions: Vec<FallbackRegion>,
 }
 
 impl Default for Options {
@@ -94,6 +101,11 @@ impl Default for Options {
             wait_ready: true,
             cache: CacheConfig::default(),
             verified_token_cache_entries: 100_000,
+            limits: LimitsConfig::default(),
+            tls: None,
+            jwks_stale_window: Duration::from_secs(24 * 3600),
+            jwks_timeout: Duration::from_secs(2),
+            fallback_regions: Vec::new(),
         }
     }
 }
@@ -109,16 +121,20 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
             jwks_uri,
             issuers: DEFAULT_ISSUERS.iter().map(|s| s.to_string()).collect(),
             jwks_refetch_cooldown: opts.cooldown,
-            jwks_timeout: Duration::from_secs(2),
+            jwks_timeout: opts.jwks_timeout,
             verified_token_cache_entries: opts.verified_token_cache_entries,
+            jwks_stale_window: opts.jwks_stale_window,
         },
         aws: AwsConfig {
             region: "us-east-1".into(),
             sts_endpoint: Some(sts_endpoint),
             sts_timeout: opts.sts_timeout,
+            fallback_regions: opts.fallback_regions.clone(),
         },
         policy_file: PathBuf::from("policy.toml"),
         cache: opts.cache.clone(),
+        limits: opts.limits.clone(),
+        tls: opts.tls.clone(),
     }
 }
 
@@ -269,6 +285,20 @@ pub async fn wait_for_health(channel: Channel, want: ServingStatus) {
         }
     }
     panic!("health stream ended before {want:?}");
+}
+
+/// A hang guard: `future` must finish well within `limit`, or the test fails
+/// (never an assertion of speed: the limit is many times what is expected).
+pub async fn within<T>(limit: Duration, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(limit, future)
+        .await
+        .expect("hung past its deadline")
+}
+
+/// The `google.rpc.RetryInfo` delay of a status, if it has one.
+pub fn retry_delay(status: &Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
 }
 
 /// Unix seconds now.

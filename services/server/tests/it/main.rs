@@ -5,9 +5,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod abuse;
+mod bad_input;
 mod cache;
 mod cli;
 mod common;
 mod exchange;
+mod outage;
 mod policy;
+mod tls;
 mod verification;
