@@ -114,6 +114,11 @@ struct RunArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Print (and record) throughput, latency and server RSS every this
+    /// long during the measured phase, e.g. `60s` for a soak.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(serialize_with = "opt_secs")]
+    report_every: Option<Duration>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize, PartialEq, Eq)]
@@ -129,6 +134,13 @@ enum Target {
 enum StsKind {
     Moto,
     Fake,
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_f64(d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 fn as_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -147,6 +159,19 @@ struct Figures {
     sts_calls: Option<u64>,
     server_rss_kib: Option<u64>,
     cold_start_ms: Option<f64>,
+    /// With `--report-every`: one entry per interval.
+    intervals: Vec<Interval>,
+}
+
+/// One `--report-every` interval of the measured phase.
+#[derive(Serialize, Clone)]
+struct Interval {
+    at_seconds: f64,
+    requests_per_second: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+    server_rss_kib: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -220,7 +245,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         eprintln!("null service…");
         let (mut child, addr) = spawn_null()?;
         let channels = connect_all(&addr.to_string(), args.connections).await?;
-        let measured = drive(&channels, tokens.clone(), &args).await;
+        let measured = drive(&channels, tokens.clone(), &args, Some(child.id())).await;
         let rss = rss_kib(child.id());
         let _ = child.kill();
         let _ = child.wait();
@@ -263,13 +288,26 @@ async fn run(args: RunArgs) -> Result<(), String> {
             concurrency: args.concurrency.min(16),
             ..args.clone()
         };
-        let warmed = drive(&channels, tokens.clone(), &warm).await;
+        let warmed = drive(
+            &channels,
+            tokens.clone(),
+            &RunArgs {
+                report_every: None,
+                ..warm
+            },
+            None,
+        )
+        .await;
         if !warmed.errors.is_empty() {
             return Err(format!("warm-up failed: {:?}", warmed.errors));
         }
         let calls_before = sts_calls();
         eprintln!("measuring…");
-        let measured = drive(&channels, tokens.clone(), &args).await;
+        let pid = match &server {
+            ServerProcess::Child(c) => c.id(),
+            ServerProcess::InProcess(_) => std::process::id(),
+        };
+        let measured = drive(&channels, tokens.clone(), &args, Some(pid)).await;
         let calls = sts_calls();
         let rss = match &server {
             ServerProcess::Child(c) => rss_kib(c.id()),
@@ -335,6 +373,7 @@ async fn env(server_bin: PathBuf) -> Result<(), String> {
         target: Target::Tokenbridge,
         sts: StsKind::Moto,
         json: None,
+        report_every: None,
     };
     let (server, addr, _) =
         start_server(&args, dir.path(), &jwks.uri(), &moto.endpoint(), &[sa]).await?;
@@ -488,6 +527,7 @@ struct Measured {
     histogram: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     elapsed: Duration,
+    intervals: Vec<Interval>,
 }
 
 impl Measured {
@@ -522,6 +562,7 @@ impl Measured {
             sts_calls,
             server_rss_kib: rss,
             cold_start_ms,
+            intervals: self.intervals,
         }
     }
 }
@@ -534,8 +575,11 @@ async fn drive(
     channels: &[Channel],
     tokens: Arc<Vec<MetadataValue<Ascii>>>,
     args: &RunArgs,
+    rss_pid: Option<u32>,
 ) -> Measured {
     let started = Instant::now();
+    let interval_errors = Arc::new(AtomicU64::new(0));
+    let mut windows: Vec<Arc<std::sync::Mutex<Histogram<u64>>>> = Vec::new();
     let end = started + args.duration;
     let limit = args.requests.unwrap_or(u64::MAX);
     let issued = Arc::new(AtomicU64::new(0));
@@ -546,6 +590,9 @@ async fn drive(
         let tokens = tokens.clone();
         let issued = issued.clone();
         let tickets = ticket_rx.clone();
+        let window = Arc::new(std::sync::Mutex::new(histogram()));
+        windows.push(window.clone());
+        let interval_errors = interval_errors.clone();
         workers.spawn(async move {
             let mut histogram = histogram();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -587,15 +634,63 @@ async fn drive(
                         let us = u64::try_from(intended.elapsed().as_micros())
                             .unwrap_or(u64::MAX)
                             .max(1);
-                        let _ = histogram.record(us.min(60_000_000));
+                        let us = us.min(60_000_000);
+                        let _ = histogram.record(us);
+                        if let Ok(mut w) = window.lock() {
+                            let _ = w.record(us);
+                        }
                     }
-                    Err(status) => *errors.entry(format!("{:?}", status.code())).or_default() += 1,
+                    Err(status) => {
+                        interval_errors.fetch_add(1, Ordering::Relaxed);
+                        *errors.entry(format!("{:?}", status.code())).or_default() += 1;
+                    }
                 }
             }
             (histogram, errors)
         });
     }
     drop(ticket_rx);
+    let (stop_monitor, mut monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = args.report_every.map(|every| {
+        let (windows, interval_errors) = (windows.clone(), interval_errors.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut monitor_stopped => return out,
+                }
+                let mut merged = histogram();
+                for w in &windows {
+                    if let Ok(mut w) = w.lock() {
+                        let _ = merged.add(&*w);
+                        w.reset();
+                    }
+                }
+                let interval = Interval {
+                    at_seconds: started.elapsed().as_secs_f64(),
+                    requests_per_second: merged.len() as f64 / every.as_secs_f64(),
+                    p50_us: merged.value_at_quantile(0.5),
+                    p99_us: merged.value_at_quantile(0.99),
+                    errors: interval_errors.swap(0, Ordering::Relaxed),
+                    server_rss_kib: rss_pid.and_then(rss_kib),
+                };
+                eprintln!(
+                    "  t={:>6.0}s  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  RSS {}",
+                    interval.at_seconds,
+                    interval.requests_per_second,
+                    interval.p50_us,
+                    interval.p99_us,
+                    interval.errors,
+                    interval
+                        .server_rss_kib
+                        .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                );
+                out.push(interval);
+            }
+        })
+    });
     let mut histogram = histogram();
     let mut errors = BTreeMap::new();
     while let Some(done) = workers.join_next().await {
@@ -609,10 +704,17 @@ async fn drive(
     if let Some(tx) = ticket_tx {
         tx.abort();
     }
+    let elapsed = started.elapsed();
+    let _ = stop_monitor.send(());
+    let intervals = match monitor {
+        Some(m) => m.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
     Measured {
         histogram,
         errors,
-        elapsed: started.elapsed(),
+        elapsed,
+        intervals,
     }
 }
 
