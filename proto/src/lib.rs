@@ -1,12 +1,14 @@
 //! Generated types for the `tokenbridge.v1` gRPC API.
 //!
-//! The proto file is `proto/tokenbridge/v1/tokenbridge.proto` and is part of
-//! the external contract. Messages that carry secrets have a hand-written
+//! The proto files are `proto/tokenbridge/v1/tokenbridge.proto` (the
+//! exchange, part of the external contract) and
+//! `proto/tokenbridge/v1/admin.proto` (policy administration). Messages that carry secrets have a hand-written
 //! `Debug` that prints `** redacted **` in place of the secret fields.
 
 #![forbid(unsafe_code)]
 
-/// `tokenbridge.v1`: the token exchange service and its messages.
+/// `tokenbridge.v1`: the token exchange and policy admin services and their
+/// messages.
 pub mod v1 {
     #![allow(missing_docs, clippy::all, clippy::pedantic)]
     tonic::include_proto!("tokenbridge.v1");
@@ -20,6 +22,21 @@ pub mod v1 {
                 .field("expiration", &self.expiration)
                 .field("assumed_role_arn", &self.assumed_role_arn)
                 .field("role_session_name", &self.role_session_name)
+                .finish()
+        }
+    }
+
+    impl std::fmt::Debug for ExplainRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let token: &dyn std::fmt::Debug = if self.token.is_empty() {
+                &""
+            } else {
+                &crate::REDACTED
+            };
+            f.debug_struct("ExplainRequest")
+                .field("token", token)
+                .field("claims", &self.claims)
+                .field("role_arn", &self.role_arn)
                 .finish()
         }
     }
@@ -45,7 +62,46 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 #[cfg(test)]
 mod tests {
-    use super::v1::GetCredentialsResponse;
+    use super::v1::{Claims, ExplainRequest, GetCredentialsResponse};
+
+    #[test]
+    fn descriptor_set_serves_both_services_for_reflection() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(super::FILE_DESCRIPTOR_SET).unwrap();
+        let services: Vec<String> = set
+            .file
+            .iter()
+            .flat_map(|f| {
+                f.service
+                    .iter()
+                    .map(move |s| format!("{}.{}", f.package(), s.name()))
+            })
+            .collect();
+        assert!(
+            services.contains(&"tokenbridge.v1.TokenExchange".to_string()),
+            "{services:?}"
+        );
+        assert!(
+            services.contains(&"tokenbridge.v1.PolicyAdmin".to_string()),
+            "{services:?}"
+        );
+    }
+
+    #[test]
+    fn explain_request_debug_redacts_the_token() {
+        let r = ExplainRequest {
+            token: "eyJhbGciOiJSUzI1NiJ9.secret-payload.sig".into(),
+            claims: Some(Claims {
+                sub: "112233".into(),
+                ..Claims::default()
+            }),
+            role_arn: "arn:aws:iam::111122223333:role/R".into(),
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret-payload"), "{shown}");
+        assert!(shown.contains("** redacted **"), "{shown}");
+        assert!(shown.contains("112233"), "{shown}");
+    }
 
     #[test]
     fn response_debug_redacts_secrets() {

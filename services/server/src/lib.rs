@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod bindings;
 pub mod cache;
 pub mod config;
 pub mod diag;
@@ -30,9 +31,11 @@ pub mod jwt;
 pub mod limits;
 pub mod policy;
 pub mod secret;
+pub mod store;
 pub mod sts;
 pub mod telemetry;
 pub mod tls;
+pub mod trust;
 
 pub use config::Config;
 pub use error::Error;
