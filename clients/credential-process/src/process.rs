@@ -3,7 +3,7 @@
 
 use std::{
     io::Write as _,
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -68,8 +68,13 @@ impl From<&Credentials> for ProcessOutput {
     }
 }
 
-/// `2026-11-26T03:37:00Z`: RFC 3339, UTC, whole seconds.
+/// `2026-11-26T03:37:00Z`: RFC 3339, UTC, whole seconds. A time RFC 3339
+/// cannot write (before 1970, after 9999) is clamped to its range, where
+/// humantime would panic; only a misbehaving server sends such a time.
 pub fn rfc3339(time: SystemTime) -> String {
+    /// 9999-12-31T23:59:59Z, the last second of a four-digit year.
+    const LAST: Duration = Duration::from_secs(253_402_300_799);
+    let time = time.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST);
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
@@ -172,8 +177,6 @@ fn print(output: &ProcessOutput) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::UNIX_EPOCH;
-
     use tokenbridge_client::Secret;
 
     use super::*;
@@ -192,6 +195,32 @@ mod tests {
         assert_eq!(
             json,
             r#"{"Version":1,"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"secret","SessionToken":"session","Expiration":"2030-03-17T17:46:40Z","AccountId":"111122223333"}"#
+        );
+    }
+
+    #[test]
+    fn expirations_rfc3339_cannot_write_are_clamped_not_a_panic() {
+        // Found by the `credential_process` fuzz target: humantime panics
+        // before 1970 and after 9999, and the client accepts any positive
+        // `expiration.seconds` from the server.
+        let far = UNIX_EPOCH + Duration::from_secs(i64::MAX.unsigned_abs());
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let last = UNIX_EPOCH + Duration::new(253_402_300_799, 999_999_999);
+        assert_eq!(rfc3339(last), "9999-12-31T23:59:59Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00Z");
+        let credentials = Credentials::new(
+            "ASIAEXAMPLE",
+            Secret::new("secret".into()),
+            Secret::new("session".into()),
+            far,
+            "",
+            "s",
+        );
+        let json = json_line(&ProcessOutput::from(&credentials)).unwrap();
+        assert!(
+            json.contains(r#""Expiration":"9999-12-31T23:59:59Z""#),
+            "{json}"
         );
     }
 

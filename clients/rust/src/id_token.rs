@@ -87,9 +87,12 @@ impl IdToken {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .ok_or_else(|| "the payload has no numeric exp".to_owned())?;
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .ok_or_else(|| "the payload's exp is out of range".to_owned())?;
         Ok(IdToken {
             token: Secret::new(token),
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at,
         })
     }
 
@@ -407,6 +410,15 @@ mod tests {
         ] {
             let reason = IdToken::parse(bad.to_owned()).unwrap_err();
             assert!(!reason.contains("secret-looking"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn an_exp_no_clock_can_hold_is_an_error_not_a_panic() {
+        // Found by the `id_token` fuzz target: `UNIX_EPOCH + exp` overflowed.
+        for exp in ["9223372036854775808", "18446744073709551615"] {
+            let reason = IdToken::parse(jws(&format!(r#"{{"exp":{exp}}}"#))).unwrap_err();
+            assert_eq!(reason, "the payload's exp is out of range");
         }
     }
 

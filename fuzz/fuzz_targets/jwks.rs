@@ -1,0 +1,140 @@
+//! The JWKS document as the server parses a fetched body
+//! (`tokenbridge_server::jwks::parse_untrusted`).
+//!
+//! Invariants:
+//! - a body plain serde_json cannot read, or that is valid JSON but neither
+//!   an object nor an array, is refused with a "not a JWKS document" message;
+//!   an object is accepted exactly when its `keys` is an array;
+//! - the usable keys counted are at most the distinct `kid`s of the entries
+//!   that could be usable (`kty` RSA, a non-empty `kid`, a base64url modulus
+//!   of at least 2048 bits, an odd exponent of at least 3), and at least the
+//!   distinct `kid`s of the entries that are plainly good (only `kty`, `kid`,
+//!   `n`, `e`, and `alg` RS256 and `use` sig if given);
+//! - adding one good key under a new `kid` counts exactly one more.
+
+#![no_main]
+
+use std::collections::HashSet;
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{Value, json};
+use tokenbridge_server::jwks::{MIN_RSA_BITS, parse_untrusted};
+
+/// A `kid` no input can already have (checked before it is used).
+const FRESH_KID: &str = "fuzz-fresh-kid-0f1e2d3c4b5a";
+
+fuzz_target!(|data: &[u8]| {
+    let result = parse_untrusted(data);
+    let Ok(value) = serde_json::from_slice::<Value>(data) else {
+        match result {
+            Err(message) => assert!(message.starts_with("not a JWKS document"), "{message}"),
+            // serde_json skips the members it ignores without decoding their
+            // `\u` escapes, so a lone surrogate there goes unnoticed.
+            Ok(_) => assert!(
+                data.windows(2).any(|w| w == b"\\u"),
+                "accepted a body that is not JSON"
+            ),
+        }
+        return;
+    };
+    let entries = match (&value, &result) {
+        (Value::Object(doc), _) => match doc.get("keys") {
+            Some(Value::Array(entries)) => entries,
+            _ => {
+                let message = result.expect_err("accepted an object without a keys array");
+                assert!(message.starts_with("not a JWKS document"), "{message}");
+                return;
+            }
+        },
+        // serde reads a one-field struct from an array too: `[[key, ...]]`.
+        (Value::Array(outer), Ok(_)) => match outer.first() {
+            Some(Value::Array(entries)) => entries,
+            _ => panic!("accepted an array that does not hold a key array"),
+        },
+        (Value::Array(_), Err(_)) => return,
+        (_, Ok(_)) => panic!("accepted a JSON scalar as a JWKS document"),
+        (_, Err(message)) => {
+            assert!(message.starts_with("not a JWKS document"), "{message}");
+            return;
+        }
+    };
+    let usable = match result {
+        Ok(usable) => usable,
+        // serde refuses a second `keys` member; serde_json's `Value` keeps
+        // the last one.
+        Err(message) if message.contains("duplicate field `keys`") => return,
+        Err(message) => panic!("refused an object with a keys array: {message}"),
+    };
+
+    let could_be: HashSet<&str> = entries.iter().filter_map(could_be_usable).collect();
+    let plainly_good: HashSet<&str> = entries.iter().filter_map(plainly_good).collect();
+    assert!(
+        usable <= could_be.len(),
+        "{usable} usable keys, but only {} could be",
+        could_be.len()
+    );
+    assert!(
+        usable >= plainly_good.len(),
+        "{usable} usable keys, but {} are plainly good",
+        plainly_good.len()
+    );
+
+    if value.is_object() && !could_be.contains(FRESH_KID) {
+        let mut more = value.clone();
+        if let Some(Value::Array(keys)) = more.get_mut("keys") {
+            keys.push(good_key(FRESH_KID));
+        }
+        let body = serde_json::to_vec(&more).expect("re-encode");
+        assert_eq!(parse_untrusted(&body), Ok(usable + 1), "a new good key");
+    }
+});
+
+fn good_key(kid: &str) -> Value {
+    let modulus = URL_SAFE_NO_PAD.encode([0xc5_u8; 256]);
+    json!({"kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": modulus, "e": "AQAB"})
+}
+
+/// The `kid` of an entry that meets every necessary condition for use.
+fn could_be_usable(entry: &Value) -> Option<&str> {
+    let kid = entry.get("kid")?.as_str().filter(|kid| !kid.is_empty())?;
+    (entry.get("kty")? == "RSA"
+        && modulus_ok(entry.get("n")?.as_str()?)
+        && exponent_ok(entry.get("e")?.as_str()?))
+    .then_some(kid)
+}
+
+/// The `kid` of an entry that is a good key in the plainest form.
+fn plainly_good(entry: &Value) -> Option<&str> {
+    let map = entry.as_object()?;
+    let allowed = ["kty", "kid", "n", "e", "alg", "use"];
+    let plain = map.keys().all(|k| allowed.contains(&k.as_str()))
+        && map.get("alg").is_none_or(|alg| alg == "RS256")
+        && map.get("use").is_none_or(|u| u == "sig");
+    plain.then_some(())?;
+    could_be_usable(entry)
+}
+
+fn modulus_ok(n: &str) -> bool {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(n) else {
+        return false;
+    };
+    let significant: Vec<u8> = bytes.into_iter().skip_while(|&b| b == 0).collect();
+    significant
+        .first()
+        .is_some_and(|first| significant.len() * 8 - first.leading_zeros() as usize >= MIN_RSA_BITS)
+}
+
+fn exponent_ok(e: &str) -> bool {
+    let Ok(bytes) = URL_SAFE_NO_PAD.decode(e) else {
+        return false;
+    };
+    let significant: Vec<u8> = bytes.into_iter().skip_while(|&b| b == 0).collect();
+    if significant.len() > 8 {
+        return false;
+    }
+    let value = significant
+        .iter()
+        .fold(0_u64, |acc, &b| (acc << 8) | u64::from(b));
+    value >= 3 && value % 2 == 1
+}
