@@ -80,7 +80,11 @@ fuzz_target!(|data: &[u8]| {
         plainly_good.len()
     );
 
-    if value.is_object() && !could_be.contains(FRESH_KID) {
+    // Re-encoding sorts members by name, and serde_json (its `raw_value`
+    // feature is on in this build) reads an object whose first member is
+    // its private `$serde_json::private::RawValue` as raw JSON text: such a
+    // document cannot be re-encoded faithfully.
+    if value.is_object() && !could_be.contains(FRESH_KID) && !has_magic_member(&value) {
         let mut more = value.clone();
         if let Some(Value::Array(keys)) = more.get_mut("keys") {
             keys.push(good_key(FRESH_KID));
@@ -89,6 +93,16 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parse_untrusted(&body), Ok(usable + 1), "a new good key");
     }
 });
+
+fn has_magic_member(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| k.starts_with("$serde_json::private::") || has_magic_member(v)),
+        Value::Array(items) => items.iter().any(has_magic_member),
+        _ => false,
+    }
+}
 
 fn good_key(kid: &str) -> Value {
     let modulus = URL_SAFE_NO_PAD.encode([0xc5_u8; 256]);

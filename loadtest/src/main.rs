@@ -441,7 +441,8 @@ async fn start_server(
         &config,
         format!(
             "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n\n\
-             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n"
+             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nsink = \"file\"\npath = \"/dev/null\"\n"
         ),
     )
     .map_err(|e| e.to_string())?;

@@ -13,7 +13,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::State,
-    http::{Method, StatusCode, header::CONTENT_TYPE},
+    http::{HeaderName, Method, StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -206,6 +206,7 @@ fn success(form: &HashMap<String, String>) -> Response {
     let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
     let provider = claim("iss").trim_start_matches("https://");
     let expiration = utc_timestamp(unix_now() + 3600);
+    let request_id = request_id();
     let body = format!(
         "<AssumeRoleWithWebIdentityResponse xmlns=\"{XMLNS}\">\
          <AssumeRoleWithWebIdentityResult>\
@@ -230,9 +231,16 @@ fn success(form: &HashMap<String, String>) -> Response {
         role = escape(role),
         session = escape(session),
         provider = escape(provider),
-        request_id = request_id(),
     );
-    ([(CONTENT_TYPE, "text/xml")], body).into_response()
+    // Like STS, the request ID in a header too (where the SDKs read it).
+    (
+        [
+            (CONTENT_TYPE, "text/xml".to_string()),
+            (HeaderName::from_static("x-amzn-requestid"), request_id),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// The payload of a JWT, unverified; empty if it is not one.

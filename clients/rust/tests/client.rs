@@ -58,7 +58,8 @@ async fn stack() -> Stack {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n[google]\naudiences = [\"{AUDIENCE}\"]\n\
          jwks_uri = \"{}\"\n[aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{moto}\"\n\
-         [policy]\nfile = \"policy.toml\"\n",
+         [policy]\nfile = \"policy.toml\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nsink = \"file\"\npath = \"/dev/null\"\n",
         jwks.uri()
     );
     let policy = format!(

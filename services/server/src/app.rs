@@ -11,7 +11,12 @@
 //! calls get up to `server.drain_timeout_seconds` to finish.
 //!
 //! Listeners: plaintext on `server.listen`, and with `[tls]` also TLS on
-//! `tls.listen`; one gRPC server serves both.
+//! `tls.listen`; one gRPC server serves both. The admin listener
+//! (`admin.listen`: `/metrics`, `/healthz`, `/readyz`) is plain HTTP apart
+//! from them, up until the gRPC server has drained.
+//!
+//! Every service has its own metrics registry and audit log writer, so that
+//! tests can run several in one process.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,6 +25,8 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::{
+    admin,
+    audit::{AuditError, AuditLog, AuditSink},
     cache::{CredentialCache, SystemClock},
     config::Config,
     exchange::Exchange,
@@ -28,6 +35,7 @@ use crate::{
     jwks::Jwks,
     jwt::Verifier,
     limits::{JANITOR_INTERVAL, RateLimits},
+    metrics::{Metrics, MetricsError},
     policy::Policy,
     sts::Sts,
     tls::{self, TlsError, TlsReloader},
@@ -71,6 +79,12 @@ pub enum AppError {
     /// The TLS certificate, key or CA file cannot be used.
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// The metrics exporter could not be set up.
+    #[error("{0}")]
+    Metrics(#[from] MetricsError),
+    /// The audit log cannot be opened.
+    #[error("{0}")]
+    Audit(#[from] AuditError),
 }
 
 /// A running service.
@@ -79,6 +93,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The address of the TLS listener, if any.
     pub tls_addr: Option<SocketAddr>,
+    /// The address of the admin listener (`/metrics`, `/healthz`,
+    /// `/readyz`), if any.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
     exchange: Arc<Exchange>,
     jwks: Arc<Jwks>,
     rate_limits: Arc<RateLimits>,
@@ -101,6 +119,11 @@ impl Running {
     /// The keyed rate limiters.
     pub fn rate_limits(&self) -> &Arc<RateLimits> {
         &self.rate_limits
+    }
+
+    /// The service's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The TLS configuration in use, if TLS is on: reload it, watch reloads.
@@ -146,19 +169,26 @@ pub async fn start_on(
     let service = Service::build(config, policy)?;
     let tls_listener = service.bind_tls().await?;
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
-    let (exchange, jwks, rate_limits, tls) = (
+    let admin_listener = service.bind_admin().await?;
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let (exchange, jwks, rate_limits, tls, metrics) = (
         service.exchange.clone(),
         service.jwks.clone(),
         service.rate_limits.clone(),
         service.tls.clone(),
+        service.metrics.clone(),
     );
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(service.serve(listener, tls_listener, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(
+        service.serve(listener, tls_listener, admin_listener, async {
+            let _ = rx.await;
+        }),
+    );
     Ok(Running {
         addr,
         tls_addr,
+        admin_addr,
+        metrics,
         exchange,
         jwks,
         rate_limits,
@@ -178,7 +208,10 @@ pub async fn serve(
 ) -> Result<(), AppError> {
     let service = Service::build(config, policy)?;
     let tls_listener = service.bind_tls().await?;
-    service.serve(listener, tls_listener, shutdown).await
+    let admin_listener = service.bind_admin().await?;
+    service
+        .serve(listener, tls_listener, admin_listener, shutdown)
+        .await
 }
 
 /// Every component, built and wired, not yet serving.
@@ -189,27 +222,36 @@ struct Service {
     rate_limits: Arc<RateLimits>,
     tls: Option<Arc<TlsReloader>>,
     bindings: usize,
+    metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
 }
 
 impl Service {
     fn build(config: Config, policy: Policy) -> Result<Self, AppError> {
         install_crypto_provider();
+        let metrics = Metrics::prometheus()?;
         let g = &config.google;
         let jwks = Arc::new(
             Jwks::new(g.jwks_uri.clone(), g.jwks_timeout, g.jwks_refetch_cooldown)?
-                .with_stale_window(g.jwks_stale_window),
+                .with_stale_window(g.jwks_stale_window)
+                .with_metrics(metrics.clone()),
         );
+        metrics.observe_jwks(&jwks);
         let verifier = Arc::new(Verifier::new(g, jwks.clone()));
-        let sts = Arc::new(Sts::new(&config.aws));
+        let sts = Arc::new(Sts::new(&config.aws).with_metrics(metrics.clone()));
         let bindings = policy.binding_count();
-        let cache = CredentialCache::new(sts, config.cache.clone(), Arc::new(SystemClock));
+        let cache = CredentialCache::new(sts, config.cache.clone(), Arc::new(SystemClock))
+            .with_metrics(metrics.clone());
         let rate_limits = Arc::new(RateLimits::new(&config.limits));
         let exchange =
             Arc::new(Exchange::new(verifier, policy, cache).with_rate_limits(rate_limits.clone()));
+        let cached = Arc::downgrade(&exchange);
+        metrics.observe_cache(move || cached.upgrade().map(|e| e.cache().entry_count()));
         let tls = match &config.tls {
             Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
             None => None,
         };
+        let audit = Arc::new(AuditLog::open(&config.audit, metrics.clone())?);
         Ok(Self {
             config,
             jwks,
@@ -217,7 +259,19 @@ impl Service {
             rate_limits,
             tls,
             bindings,
+            metrics,
+            audit,
         })
+    }
+
+    async fn bind_admin(&self) -> Result<Option<TcpListener>, AppError> {
+        let Some(addr) = self.config.admin.listen else {
+            return Ok(None);
+        };
+        TcpListener::bind(addr)
+            .await
+            .map(Some)
+            .map_err(|source| AppError::Bind { addr, source })
     }
 
     async fn bind_tls(&self) -> Result<Option<TcpListener>, AppError> {
@@ -235,6 +289,7 @@ impl Service {
         self,
         listener: TcpListener,
         tls_listener: Option<TcpListener>,
+        admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let Service {
@@ -244,6 +299,8 @@ impl Service {
             rate_limits,
             tls,
             bindings,
+            metrics,
+            audit,
         } = self;
         let g = &config.google;
         let (reporter, health) = health();
@@ -257,6 +314,16 @@ impl Service {
         let tls_watch = tls.clone().map(|t| {
             AbortOnDrop(tokio::spawn(async move {
                 t.watch_files().await;
+            }))
+        });
+        let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+        // Up until the gRPC server has drained: `/readyz` says 503 meanwhile.
+        let admin = admin_listener.map(|l| {
+            let (metrics, reporter) = (metrics.clone(), reporter.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = admin::serve(l, metrics, reporter, std::future::pending()).await {
+                    warn!(error = %e, "admin listener failed");
+                }
             }))
         });
 
@@ -278,6 +345,13 @@ impl Service {
             jwks_stale_window_secs = g.jwks_stale_window.as_secs(),
             tls_listen = ?tls_addr,
             tls_client_ca = ?config.tls.as_ref().and_then(|t| t.client_ca_file.as_ref()),
+            admin_listen = ?admin_addr,
+            audit_sink = %match &config.audit.sink {
+                AuditSink::Stdout => "stdout".to_string(),
+                AuditSink::Stderr => "stderr".to_string(),
+                AuditSink::File(path) => path.display().to_string(),
+            },
+            otlp_endpoint = config.telemetry.otlp_endpoint.as_deref().unwrap_or("(traces off)"),
             "tokenbridge serving"
         );
         if tls.is_some() && addr.is_some_and(|a| !a.ip().is_loopback()) {
@@ -287,6 +361,8 @@ impl Service {
         let limits = &config.limits;
         let token_exchange = grpc::limited(
             TokenExchangeService::new(exchange)
+                .with_metrics(metrics)
+                .with_audit(audit)
                 .with_rate_limits(rate_limits)
                 .with_request_timeout(limits.request_timeout)
                 .with_max_header_bytes(limits.max_header_list_bytes as usize),
@@ -322,6 +398,10 @@ impl Service {
             }
         }
         drop((keys, janitor, tls_watch));
+        // The admin listener is closed once this returns.
+        if let Some(admin) = admin {
+            admin.stop().await;
+        }
         info!("tokenbridge stopped");
         Ok(())
     }
@@ -337,6 +417,14 @@ fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -34,7 +34,10 @@ use moka::{Expiry, future::Cache, ops::compute::Op};
 use rand::Rng as _;
 use tracing::{debug, warn};
 
-use crate::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError};
+use crate::{
+    metrics::{CacheLookup, Metrics},
+    sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
+};
 
 /// Tells the time; tests move it.
 pub trait Clock: Send + Sync {
@@ -145,6 +148,7 @@ pub struct CredentialCache {
     sts: Arc<dyn AssumeRole>,
     config: CacheConfig,
     clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
 }
 
 impl CredentialCache {
@@ -161,7 +165,14 @@ impl CredentialCache {
             sts,
             config,
             clock,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Counts hits, misses and background refreshes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How many credentials are cached (approximate, as moka counts).
@@ -175,6 +186,7 @@ impl CredentialCache {
     }
 
     /// Credentials for `key`: cached while usable, else from STS with `req`.
+    #[tracing::instrument(name = "credentials_cache", level = "debug", skip_all, fields(result))]
     pub async fn get(
         &self,
         key: CacheKey,
@@ -182,15 +194,18 @@ impl CredentialCache {
     ) -> Result<Credentials, StsError> {
         let room = self.config.margin + Duration::from_secs(60);
         if !self.config.enabled || Duration::from_secs(u64::from(req.duration_seconds)) <= room {
+            self.lookup(CacheLookup::Bypass);
             return self.sts.assume_role(req).await;
         }
         if let Some(entry) = self.entries.get(&key).await {
             if self.usable(&entry) {
+                self.lookup(CacheLookup::Hit);
                 self.maybe_refresh(&key, &entry, &req);
                 return Ok(entry.credentials.clone());
             }
             self.remove_if_same(&key, &entry).await;
         }
+        self.lookup(CacheLookup::Miss);
         let sts = self.sts.clone();
         let entry = self
             .entries
@@ -206,6 +221,11 @@ impl CredentialCache {
             self.remove_if_same(&key, &entry).await;
         }
         Ok(entry.credentials.clone())
+    }
+
+    fn lookup(&self, lookup: CacheLookup) {
+        tracing::Span::current().record("result", lookup.as_str());
+        self.metrics.cache_lookup(lookup);
     }
 
     fn entry(&self, credentials: Credentials) -> Arc<Entry> {
@@ -237,16 +257,19 @@ impl CredentialCache {
         {
             return;
         }
-        let (entries, sts, key, entry, req) = (
+        let (entries, sts, key, entry, req, metrics) = (
             self.entries.clone(),
             self.sts.clone(),
             key.clone(),
             entry.clone(),
             req.clone(),
+            self.metrics.clone(),
         );
         let (margin, window) = (self.config.margin, self.config.refresh_window);
         tokio::spawn(async move {
-            match sts.assume_role(req).await {
+            let refreshed = sts.assume_role(req).await;
+            metrics.cache_refresh(refreshed.is_ok());
+            match refreshed {
                 Ok(credentials) => {
                     debug!(role_arn = %key.role_arn, "cached credentials refreshed ahead of the margin");
                     entries

@@ -26,6 +26,14 @@
 //! | `cache.refresh_window_seconds` | `600` | refresh in the background this long before the margin |
 //! | `limits.*` | see [`crate::limits`] | rate, concurrency, deadline and size limits |
 //! | `tls.*` | off | see [`crate::tls`] |
+//! | `admin.listen` | `127.0.0.1:9464` | `/metrics`, `/healthz`, `/readyz` (see [`crate::admin`]) |
+//! | `admin.enabled` | `true` | `false`: no admin listener |
+//! | `audit.sink` | `stdout` | `stdout`, `stderr` or `file` (see [`crate::audit`]) |
+//! | `audit.path` | required with `sink = "file"` | the audit file; relative to the config file's folder |
+//! | `audit.gcp_project_id` | none | project for `logging.googleapis.com/trace` |
+//! | `telemetry.otlp_endpoint` | none: traces off | OTLP/gRPC collector (see [`crate::telemetry`]) |
+//! | `telemetry.sampling_ratio` | `1.0` | share of root traces sampled |
+//! | `telemetry.service_name` | `tokenbridge` | `service.name` of the traces |
 //!
 //! The process reads no environment variable for its configuration except
 //! `RUST_LOG` (log filter).
@@ -40,9 +48,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
+    admin::{AdminConfig, DEFAULT_LISTEN},
+    audit::{AuditConfig, AuditSink},
     cache::CacheConfig,
     diag::{Problem, Problems},
     limits::{LimitsConfig, Rate},
+    telemetry::TelemetryConfig,
     tls::TlsConfig,
 };
 
@@ -68,6 +79,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tls]`: the TLS listener, if any.
     pub tls: Option<TlsConfig>,
+    /// `[admin]`: metrics and probes.
+    pub admin: AdminConfig,
+    /// `[audit]`: where the audit log goes.
+    pub audit: AuditConfig,
+    /// `[telemetry]`: traces.
+    pub telemetry: TelemetryConfig,
 }
 
 /// `[server]`.
@@ -135,6 +152,35 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     tls: Option<RawTls>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    enabled: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    sink: Option<Spanned<String>>,
+    path: Option<Spanned<String>>,
+    gcp_project_id: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<Spanned<String>>,
+    sampling_ratio: Option<Spanned<f64>>,
+    service_name: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -407,6 +453,10 @@ impl Config {
             }
         });
 
+        let admin = admin(&mut problems, &raw.admin, listen);
+        let audit = audit(&mut problems, &raw.audit, path);
+        let telemetry = telemetry(&mut problems, &raw.telemetry);
+
         if !problems.found.is_empty() {
             return Err(problems.found);
         }
@@ -434,7 +484,140 @@ impl Config {
             cache,
             limits,
             tls,
+            admin,
+            audit,
+            telemetry,
         })
+    }
+}
+
+fn admin(problems: &mut Problems<'_>, a: &RawAdmin, grpc_listen: SocketAddr) -> AdminConfig {
+    if a.enabled == Some(false) {
+        return AdminConfig { listen: None };
+    }
+    let listen = match &a.listen {
+        None => DEFAULT_LISTEN,
+        Some(v) => match v.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addr == grpc_listen && addr.port() != 0 {
+                    problems.at(v.span(), "admin.listen: must differ from server.listen");
+                }
+                addr
+            }
+            Err(_) => {
+                problems.at(
+                    v.span(),
+                    format!(
+                        "admin.listen: `{}` is not an IP address and port such as 127.0.0.1:9464",
+                        v.get_ref()
+                    ),
+                );
+                DEFAULT_LISTEN
+            }
+        },
+    };
+    AdminConfig {
+        listen: Some(listen),
+    }
+}
+
+fn audit(problems: &mut Problems<'_>, a: &RawAudit, config_path: &Path) -> AuditConfig {
+    let base = config_path.parent().unwrap_or(Path::new(""));
+    let sink = match a.sink.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("stdout", _)) => AuditSink::Stdout,
+        Some(("stderr", _)) => AuditSink::Stderr,
+        Some(("file", span)) => match &a.path {
+            Some(p) if !p.get_ref().trim().is_empty() => AuditSink::File(base.join(p.get_ref())),
+            Some(p) => {
+                problems.at(p.span(), "audit.path: a path is required");
+                AuditSink::Stdout
+            }
+            None => {
+                problems.at(span, "audit.sink: `file` needs audit.path");
+                AuditSink::Stdout
+            }
+        },
+        Some((other, span)) => {
+            problems.at(
+                span,
+                format!("audit.sink: `{other}` is not one of stdout, stderr, file"),
+            );
+            AuditSink::Stdout
+        }
+    };
+    if let Some(p) = &a.path
+        && a.sink.as_ref().map(|v| v.get_ref().as_str()) != Some("file")
+    {
+        problems.at(p.span(), "audit.path: set, but audit.sink is not `file`");
+    }
+    let gcp_project_id = a.gcp_project_id.as_ref().map(|v| {
+        let id = v.get_ref();
+        let ok = (6..=30).contains(&id.len())
+            && id.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b':' || b == b'.'
+            });
+        if !ok {
+            problems.at(
+                v.span(),
+                format!("audit.gcp_project_id: `{id}` is not a Google Cloud project ID"),
+            );
+        }
+        id.clone()
+    });
+    AuditConfig {
+        sink,
+        gcp_project_id,
+    }
+}
+
+fn telemetry(problems: &mut Problems<'_>, t: &RawTelemetry) -> TelemetryConfig {
+    let defaults = TelemetryConfig::default();
+    let otlp_endpoint = t.otlp_endpoint.as_ref().map(|v| {
+        match reqwest::Url::parse(v.get_ref()) {
+            Ok(url) if url.scheme() == "http" && url.host_str().is_some() => {}
+            Ok(url) if url.scheme() == "https" => problems.at(
+                v.span(),
+                format!(
+                    "telemetry.otlp_endpoint: `{}`: https is not supported; send to a collector on the node or in the pod over http",
+                    v.get_ref()
+                ),
+            ),
+            _ => problems.at(
+                v.span(),
+                format!(
+                    "telemetry.otlp_endpoint: `{}` is not a URL such as http://127.0.0.1:4317",
+                    v.get_ref()
+                ),
+            ),
+        }
+        v.get_ref().clone()
+    });
+    let sampling_ratio = match &t.sampling_ratio {
+        None => defaults.sampling_ratio,
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => {
+            problems.at(
+                v.span(),
+                format!(
+                    "telemetry.sampling_ratio: {} is outside 0.0..=1.0",
+                    v.get_ref()
+                ),
+            );
+            defaults.sampling_ratio
+        }
+    };
+    let service_name = match &t.service_name {
+        None => defaults.service_name,
+        Some(v) if v.get_ref().trim().is_empty() => {
+            problems.at(v.span(), "telemetry.service_name: empty value");
+            defaults.service_name
+        }
+        Some(v) => v.get_ref().clone(),
+    };
+    TelemetryConfig {
+        otlp_endpoint,
+        sampling_ratio,
+        service_name,
     }
 }
 
@@ -843,6 +1026,86 @@ file = "p.toml"
                 "{needle:?} in {shown:?}"
             );
         }
+    }
+
+    #[test]
+    fn observability_keys_default_and_parse() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(c.admin.listen, Some(DEFAULT_LISTEN));
+        assert_eq!(c.audit, AuditConfig::default());
+        assert_eq!(c.audit.sink, AuditSink::Stdout);
+        assert_eq!(c.telemetry, TelemetryConfig::default());
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+
+        let src = format!(
+            "{GOOD}\n[admin]\nlisten = \"0.0.0.0:9464\"\n\n[audit]\nsink = \"file\"\n\
+             path = \"audit/a.jsonl\"\ngcp_project_id = \"my-project\"\n\n[telemetry]\n\
+             otlp_endpoint = \"http://10.0.0.7:4317\"\nsampling_ratio = 0.25\nservice_name = \"tb\"\n"
+        );
+        let c = Config::from_toml_str(&src, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(c.admin.listen, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(
+            c.audit.sink,
+            AuditSink::File("/etc/tb/audit/a.jsonl".into())
+        );
+        assert_eq!(c.audit.gcp_project_id.as_deref(), Some("my-project"));
+        assert_eq!(
+            c.telemetry.otlp_endpoint.as_deref(),
+            Some("http://10.0.0.7:4317")
+        );
+        assert_eq!(c.telemetry.sampling_ratio, 0.25);
+        assert_eq!(c.telemetry.service_name, "tb");
+
+        let off = format!("{GOOD}\n[admin]\nenabled = false\n");
+        let c = Config::from_toml_str(&off, Path::new("c.toml")).unwrap();
+        assert_eq!(c.admin.listen, None);
+        let stderr = format!("{GOOD}\n[audit]\nsink = \"stderr\"\n");
+        let c = Config::from_toml_str(&stderr, Path::new("c.toml")).unwrap();
+        assert_eq!(c.audit.sink, AuditSink::Stderr);
+    }
+
+    #[test]
+    fn bad_observability_keys_are_problems_with_lines() {
+        let src = format!(
+            "{GOOD}\n[admin]\nlisten = \"nowhere\"\n\n[audit]\nsink = \"syslog\"\n\
+             path = \"a.jsonl\"\ngcp_project_id = \"Not A Project\"\n\n[telemetry]\n\
+             otlp_endpoint = \"https://collector.example:4317\"\nsampling_ratio = 1.5\n\
+             service_name = \" \"\n"
+        );
+        let problems = Config::from_toml_str(&src, Path::new("c.toml")).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        for needle in [
+            "admin.listen: `nowhere` is not an IP address and port",
+            "audit.sink: `syslog` is not one of stdout, stderr, file",
+            "audit.path: set, but audit.sink is not `file`",
+            "audit.gcp_project_id: `Not A Project` is not a Google Cloud project ID",
+            "telemetry.otlp_endpoint: `https://collector.example:4317`: https is not supported",
+            "telemetry.sampling_ratio: 1.5 is outside 0.0..=1.0",
+            "telemetry.service_name: empty value",
+        ] {
+            assert!(
+                shown
+                    .iter()
+                    .any(|p| p.starts_with("c.toml:") && p.contains(needle)),
+                "{needle:?} in {shown:?}"
+            );
+        }
+        assert_eq!(problems.len(), 7, "{shown:?}");
+
+        let file_without_path = format!("{GOOD}\n[audit]\nsink = \"file\"\n");
+        let problems = Config::from_toml_str(&file_without_path, Path::new("c.toml")).unwrap_err();
+        assert!(
+            problems[0].reason.contains("needs audit.path"),
+            "{problems:?}"
+        );
+        let same_port = format!("{GOOD}\n[admin]\nlisten = \"127.0.0.1:50051\"\n");
+        let problems = Config::from_toml_str(&same_port, Path::new("c.toml")).unwrap_err();
+        assert!(
+            problems[0]
+                .reason
+                .contains("must differ from server.listen"),
+            "{problems:?}"
+        );
     }
 
     #[test]

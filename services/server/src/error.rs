@@ -75,6 +75,11 @@ pub enum Error {
     /// upstream was slow). Retrying later helps.
     #[error("the request did not complete within the server's {0} ms limit; retry later")]
     DeadlineExceeded(u64),
+    /// The decision could not be written to the audit log (the sink fails
+    /// or is too slow), so no credentials are handed out and no refusal is
+    /// given: tokenbridge fails closed. Retrying later (or elsewhere) helps.
+    #[error("the audit log cannot be written; no credentials are issued until it can; retry later")]
+    AuditUnavailable,
 }
 
 fn rate_limited_message(limit: Limit, retry_after: Duration) -> String {
@@ -99,7 +104,9 @@ impl Error {
                 Some(RETRY_UPSTREAM)
             }
             Error::RateLimited { retry_after, .. } => Some(*retry_after),
-            Error::Overloaded(_) | Error::DeadlineExceeded(_) => Some(RETRY_UPSTREAM),
+            Error::Overloaded(_) | Error::DeadlineExceeded(_) | Error::AuditUnavailable => {
+                Some(RETRY_UPSTREAM)
+            }
             Error::MissingToken(_)
             | Error::Token(_)
             | Error::InvalidArgument(_)
@@ -108,5 +115,45 @@ impl Error {
             | Error::HeadersTooLarge { .. }
             | Error::Sts(_) => None,
         }
+    }
+
+    /// What went wrong, as a short fixed name: the `outcome` label of the
+    /// `tokenbridge_exchanges_total` metric and the audit log's `outcome`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::MissingToken(_) => "missing_token",
+            Error::Token(VerifyError::KeysUnavailable) => "keys_unavailable",
+            Error::Token(_) => "invalid_token",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::PermissionDenied(_) => "permission_denied",
+            Error::Sts(e) => match e {
+                StsError::Throttled(_) => "sts_throttled",
+                StsError::Unavailable(_) | StsError::IdpCommunication(_) => "sts_unavailable",
+                StsError::InvalidIdentityToken(_)
+                | StsError::ExpiredToken(_)
+                | StsError::AccessDenied(_)
+                | StsError::IdpRejectedClaim(_)
+                | StsError::Refused { .. } => "sts_rejected",
+            },
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Overloaded(_) => "overloaded",
+            Error::MessageTooLarge(_) | Error::HeadersTooLarge { .. } => "too_large",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::AuditUnavailable => "audit_unavailable",
+        }
+    }
+
+    /// Whether the call is refused before any decision about an identity
+    /// (a limit, before or regardless of the token): such refusals are
+    /// counted in metrics but not written to the audit log, so that a flood
+    /// does not become a flood of audit records.
+    pub fn is_flood_control(&self) -> bool {
+        matches!(
+            self,
+            Error::RateLimited { .. }
+                | Error::Overloaded(_)
+                | Error::MessageTooLarge(_)
+                | Error::HeadersTooLarge { .. }
+        )
     }
 }

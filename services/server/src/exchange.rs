@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tracing::{debug, instrument};
+use tracing::{debug, debug_span, field::Empty, instrument};
 
 use crate::{
     cache::{CacheKey, CredentialCache},
     error::Error,
-    jwt::{VerifiedToken, Verifier, VerifyError},
+    jwt::{Claims, VerifiedToken, Verifier, VerifyError},
     limits::RateLimits,
-    policy::{self, Denied, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
+    policy::{self, Denied, Grant, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
     secret::Secret,
     sts::{AssumeRoleRequest, BoxFuture, Credentials, session_name},
 };
@@ -45,6 +45,22 @@ pub struct Issued {
     pub credentials: Credentials,
     /// The session name given to STS.
     pub role_session_name: String,
+}
+
+/// What an exchange established on its way, as far as it got: for the
+/// audit log. Filled in by [`Exchange::exchange_recorded`].
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The verified token's claims (none if it was not verified).
+    pub claims: Option<Claims>,
+    /// The role the policy allows the caller.
+    pub role_arn: Option<String>,
+    /// The bindings that grant it, and the durations they allow.
+    pub grant: Option<Arc<Grant>>,
+    /// The credentials' lifetime asked of STS.
+    pub duration_seconds: Option<u32>,
+    /// The session name given to STS.
+    pub role_session_name: Option<String>,
 }
 
 /// The exchange service's core.
@@ -87,14 +103,26 @@ impl Exchange {
     }
 
     /// Exchanges `token` for credentials as `req` asks, if the policy allows.
-    #[instrument(name = "exchange", level = "debug", skip_all, fields(sub, role_arn))]
     pub async fn exchange(
         &self,
         token: Secret<String>,
         req: ExchangeRequest,
     ) -> Result<Issued, Error> {
-        let verified = self.verifier.verify(token).await?;
-        let claims = &verified.claims;
+        self.exchange_recorded(token, &req, &mut Facts::default())
+            .await
+    }
+
+    /// [`exchange`](Self::exchange), noting in `facts` what it established
+    /// on its way (for the audit log), as far as it got.
+    #[instrument(name = "exchange", level = "debug", skip_all, fields(sub, role_arn))]
+    pub async fn exchange_recorded(
+        &self,
+        token: Secret<String>,
+        req: &ExchangeRequest,
+        facts: &mut Facts,
+    ) -> Result<Issued, Error> {
+        let VerifiedToken { token, claims } = self.verifier.verify(token).await?;
+        let claims = &*facts.claims.insert(claims);
         tracing::Span::current().record("sub", claims.sub.as_str());
         if let Some(limits) = &self.rate_limits {
             limits.check_subject(&claims.sub)?;
@@ -115,26 +143,35 @@ impl Exchange {
             sub: &claims.sub,
             verified_email: claims.verified_email(),
         };
-        let allowed = self.policy.load().decide(who, &req.role_arn).map_err(
-            |denied| match denied {
-                Denied::NoRoles => Error::PermissionDenied(format!(
-                    "no binding grants any role to service account {}",
-                    who.describe()
-                )),
-                Denied::RoleNotGranted => Error::PermissionDenied(format!(
-                    "no binding grants role {} to service account {}",
-                    req.role_arn,
-                    who.describe()
-                )),
-                Denied::Ambiguous(roles) => Error::InvalidArgument(format!(
-                    "role_arn is empty but service account {} may assume {} roles ({}); name one",
-                    who.describe(),
-                    roles.len(),
-                    roles.join(", ")
-                )),
-            },
-        )?;
+        let allowed = {
+            let span = debug_span!("policy_decision", allowed = Empty, bindings = Empty).entered();
+            let allowed = self.policy.load().decide(who, &req.role_arn);
+            span.record("allowed", allowed.is_ok());
+            if let Ok(a) = &allowed {
+                span.record("bindings", tracing::field::debug(&a.grant.bindings));
+            }
+            allowed
+        };
+        let allowed = allowed.map_err(|denied| match denied {
+            Denied::NoRoles => Error::PermissionDenied(format!(
+                "no binding grants any role to service account {}",
+                who.describe()
+            )),
+            Denied::RoleNotGranted => Error::PermissionDenied(format!(
+                "no binding grants role {} to service account {}",
+                req.role_arn,
+                who.describe()
+            )),
+            Denied::Ambiguous(roles) => Error::InvalidArgument(format!(
+                "role_arn is empty but service account {} may assume {} roles ({}); name one",
+                who.describe(),
+                roles.len(),
+                roles.join(", ")
+            )),
+        })?;
         tracing::Span::current().record("role_arn", allowed.role_arn.as_str());
+        facts.role_arn = Some(allowed.role_arn.clone());
+        facts.grant = Some(allowed.grant.clone());
 
         let grant = &allowed.grant;
         let duration = match requested {
@@ -148,7 +185,9 @@ impl Exchange {
             d => d,
         };
 
+        facts.duration_seconds = Some(duration);
         let role_session_name = session_name(&claims.sub);
+        facts.role_session_name = Some(role_session_name.clone());
         let key = CacheKey {
             subject: claims.sub.clone(),
             role_arn: allowed.role_arn.clone(),
@@ -158,7 +197,7 @@ impl Exchange {
             role_arn: allowed.role_arn.clone(),
             session_name: role_session_name.clone(),
             duration_seconds: duration,
-            web_identity_token: verified.token.clone(),
+            web_identity_token: token,
         };
         let credentials = self.credentials.get(key, request).await?;
         // Per-exchange records belong to the audit log; at fleet rates an

@@ -5,13 +5,19 @@
 //! A call passes, in order: the global concurrency limit (tower's
 //! `GlobalConcurrencyLimit` behind `LoadShed`: over the limit it is refused
 //! at once, before its message is read), the message size limit (tonic), the
-//! per-peer rate limit, then the exchange under the request deadline.
+//! per-peer rate limit, then the exchange under the request deadline; then
+//! the decision is written to the audit log (the answer waits for it, and
+//! is UNAVAILABLE if it cannot be written) and counted in the metrics.
+//!
+//! Each call is a `GetCredentials` span (OpenTelemetry server span when
+//! traces are on), joined to the caller's W3C trace context (`traceparent`
+//! metadata).
 
 use std::{
     convert::Infallible,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokenbridge_proto::v1::{
@@ -25,15 +31,18 @@ use tower::{
     limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer},
     load_shed::LoadShed,
 };
-use tracing::{debug, info};
+use tracing::{Instrument as _, debug, debug_span, field::Empty, info};
 
 use crate::{
-    error::Error,
-    exchange::{Exchange, ExchangeRequest},
+    audit::{AuditLog, Decision, Entry},
+    error::{Error, Limit},
+    exchange::{Exchange, ExchangeRequest, Facts},
     jwt::VerifyError,
     limits::{LimitsConfig, RateLimits},
+    metrics::Metrics,
     secret::Secret,
     sts::{BoxFuture, StsError},
+    telemetry,
 };
 
 /// The `TokenExchange` service.
@@ -42,17 +51,35 @@ pub struct TokenExchangeService {
     rate_limits: Option<Arc<RateLimits>>,
     request_timeout: Option<Duration>,
     max_header_bytes: Option<usize>,
+    metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl TokenExchangeService {
-    /// Serves `exchange` over gRPC, with no limits of its own.
+    /// Serves `exchange` over gRPC, with no limits of its own, no audit
+    /// log and no metrics.
     pub fn new(exchange: Arc<Exchange>) -> Self {
         Self {
             exchange,
             rate_limits: None,
             request_timeout: None,
             max_header_bytes: None,
+            metrics: Metrics::disabled(),
+            audit: None,
         }
+    }
+
+    /// Counts calls and their latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Writes every decision to `audit` before answering, and fails the
+    /// call closed (UNAVAILABLE) when it cannot.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     /// Refuses requests whose metadata is larger than `limit` bytes, counted
@@ -79,6 +106,7 @@ impl TokenExchangeService {
 /// with load shedding, with the message size limit of `limits`.
 pub fn limited(service: TokenExchangeService, limits: &LimitsConfig) -> Limited {
     let max = limits.max_concurrent_requests;
+    let metrics = service.metrics.clone();
     let server =
         TokenExchangeServer::new(service).max_decoding_message_size(limits.max_request_bytes);
     Limited {
@@ -88,6 +116,7 @@ pub fn limited(service: TokenExchangeService, limits: &LimitsConfig) -> Limited 
             .service(server),
         max,
         max_request_bytes: limits.max_request_bytes,
+        metrics,
     }
 }
 
@@ -100,6 +129,7 @@ pub struct Limited {
     inner: LoadShed<ConcurrencyLimit<TokenExchangeServer<TokenExchangeService>>>,
     max: usize,
     max_request_bytes: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl NamedService for Limited {
@@ -122,12 +152,16 @@ impl Service<HttpRequest> for Limited {
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         let (max, max_bytes) = (self.max, self.max_request_bytes);
+        let metrics = self.metrics.clone();
         let call = self.inner.call(request);
         Box::pin(async move {
             // LoadShed's only error: the concurrency limit is reached.
             let response = call.await.unwrap_or_else(|_| {
                 debug!(max_concurrent_requests = max, "call shed: overloaded");
-                Status::from(Error::Overloaded(max)).into_http()
+                let shed = Error::Overloaded(max);
+                metrics.rate_limited("concurrency");
+                metrics.exchange(shed.kind(), code_name(code_of(&shed)), None);
+                Status::from(shed).into_http()
             });
             // The service itself never answers OUT_OF_RANGE (see the table
             // below): this is the codec's message size limit.
@@ -137,7 +171,9 @@ impl Service<HttpRequest> for Limited {
                 .get("grpc-status")
                 .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
             {
-                return Ok(Status::from(Error::MessageTooLarge(max_bytes)).into_http());
+                let too_large = Error::MessageTooLarge(max_bytes);
+                metrics.exchange(too_large.kind(), code_name(code_of(&too_large)), None);
+                return Ok(Status::from(too_large).into_http());
             }
             Ok(response)
         })
@@ -150,35 +186,103 @@ impl TokenExchange for TokenExchangeService {
         &self,
         request: Request<GetCredentialsRequest>,
     ) -> Result<Response<GetCredentialsResponse>, Status> {
+        let started = Instant::now();
         let peer = request.remote_addr();
+        let span = debug_span!(
+            "GetCredentials",
+            otel.name = "tokenbridge.v1.TokenExchange/GetCredentials",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = SERVICE_NAME,
+            rpc.method = "GetCredentials",
+            rpc.grpc.status_code = Empty,
+            otel.status_code = Empty,
+        );
+        let trace = telemetry::join_trace(&span, request.metadata().as_ref());
+        let (metadata, _, message) = request.into_parts();
+        let req = ExchangeRequest {
+            role_arn: message.role_arn,
+            duration_seconds: message.duration_seconds,
+        };
+        let mut facts = Facts::default();
         let call = async {
             if let Some(limits) = &self.rate_limits {
                 limits.check_peer(peer.map(|p| p.ip()))?;
             }
             if let Some(limit) = self.max_header_bytes {
-                let size = header_list_size(request.metadata());
+                let size = header_list_size(&metadata);
                 if size > limit {
                     return Err(Error::HeadersTooLarge { size, limit });
                 }
             }
-            let token = bearer_token(request.metadata())?;
-            let req = request.into_inner();
+            let token = bearer_token(&metadata)?;
             self.exchange
-                .exchange(
-                    token,
-                    ExchangeRequest {
-                        role_arn: req.role_arn,
-                        duration_seconds: req.duration_seconds,
-                    },
-                )
+                .exchange_recorded(token, &req, &mut facts)
                 .await
-        };
-        let result = match self.request_timeout {
+        }
+        .instrument(span.clone());
+        let mut result = match self.request_timeout {
             None => call.await,
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
                 .unwrap_or(Err(Error::DeadlineExceeded(limit.as_millis() as u64))),
         };
+
+        if let Some(audit) = &self.audit
+            && !matches!(&result, Err(e) if e.is_flood_control())
+        {
+            let (decision, code, outcome, reason) = match &result {
+                Ok(_) => (Decision::Allow, Code::Ok, "issued", String::new()),
+                Err(e) => (
+                    if e.retry_after().is_some() {
+                        Decision::Error
+                    } else {
+                        Decision::Deny
+                    },
+                    code_of(e),
+                    e.kind(),
+                    e.to_string(),
+                ),
+            };
+            let entry = Entry {
+                decision,
+                code: code_name(code),
+                outcome,
+                reason: if reason.is_empty() {
+                    "credentials issued"
+                } else {
+                    &reason
+                },
+                requested_role_arn: &req.role_arn,
+                requested_duration_seconds: req.duration_seconds,
+                facts: &facts,
+                credentials: result.as_ref().ok().map(|issued| &issued.credentials),
+                peer,
+                trace: trace.as_ref(),
+                elapsed: started.elapsed(),
+            };
+            if !audit.write(&entry).await {
+                result = Err(Error::AuditUnavailable);
+            }
+        }
+
+        let (outcome, code) = match &result {
+            Ok(_) => ("issued", Code::Ok),
+            Err(e) => (e.kind(), code_of(e)),
+        };
+        if let Err(Error::RateLimited { limit, .. }) = &result {
+            self.metrics.rate_limited(match limit {
+                Limit::Peer => "peer",
+                Limit::Subject => "subject",
+            });
+        }
+        self.metrics
+            .exchange(outcome, code_name(code), Some(started.elapsed()));
+        span.record("rpc.grpc.status_code", code as i64);
+        if code != Code::Ok {
+            span.record("otel.status_code", "ERROR");
+        }
+
         match result {
             Ok(issued) => {
                 let c = issued.credentials;
@@ -241,54 +345,86 @@ fn bearer_token(metadata: &MetadataMap) -> Result<Secret<String>, Error> {
 
 const EXPECTED_FORM: &str = "malformed authorization metadata: expected `Bearer <Google ID token>`";
 
-/// The contract's status table. Exhaustive on purpose: a new error case must
-/// be given its code here. Errors that a later retry can cure carry a
-/// `google.rpc.RetryInfo` detail with the delay from [`Error::retry_after`].
+/// The contract's status table: the one mapping from [`Error`] to a gRPC
+/// code, exhaustive on purpose: a new error case must be given its code
+/// here. `impl From<Error> for Status` (below) uses it and adds the message
+/// and, for errors a later retry can cure, a `google.rpc.RetryInfo` detail
+/// with the delay from [`Error::retry_after`].
+fn code_of(err: &Error) -> Code {
+    match err {
+        Error::MissingToken(_) => Code::Unauthenticated,
+        Error::Token(e) => match e {
+            VerifyError::KeysUnavailable => Code::Unavailable,
+            VerifyError::TooLarge(_)
+            | VerifyError::Malformed(_)
+            | VerifyError::Algorithm(_)
+            | VerifyError::MissingKid
+            | VerifyError::Crit
+            | VerifyError::DuplicateHeader(_)
+            | VerifyError::UnknownKid
+            | VerifyError::BadSignature
+            | VerifyError::Expired
+            | VerifyError::NotYetValid(_)
+            | VerifyError::Issuer
+            | VerifyError::Audience
+            | VerifyError::MissingClaim(_)
+            | VerifyError::ClaimType(..)
+            | VerifyError::DuplicateClaim(_)
+            | VerifyError::Lifetime => Code::Unauthenticated,
+        },
+        Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::PermissionDenied(_) => Code::PermissionDenied,
+        Error::Sts(e) => match e {
+            StsError::InvalidIdentityToken(_) | StsError::ExpiredToken(_) => Code::Unauthenticated,
+            StsError::AccessDenied(_) | StsError::IdpRejectedClaim(_) => Code::PermissionDenied,
+            StsError::IdpCommunication(_) | StsError::Throttled(_) | StsError::Unavailable(_) => {
+                Code::Unavailable
+            }
+            StsError::Refused { .. } => Code::FailedPrecondition,
+        },
+        Error::RateLimited { .. }
+        | Error::Overloaded(_)
+        | Error::MessageTooLarge(_)
+        | Error::HeadersTooLarge { .. } => Code::ResourceExhausted,
+        // The server's own deadline: an upstream was too slow. Callers
+        // retry UNAVAILABLE; DEADLINE_EXCEEDED is what a client reports
+        // when its own deadline passes.
+        Error::DeadlineExceeded(_) => Code::Unavailable,
+        // The decision cannot be recorded: fail closed, retryably.
+        Error::AuditUnavailable => Code::Unavailable,
+    }
+}
+
+/// The canonical name of a gRPC code (`OK`, `PERMISSION_DENIED`, …), for
+/// metric labels and the audit log.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The status a caller receives for `err`: [`code_of`]'s code, the error's
+/// message, and `RetryInfo` when a retry can help.
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let message = err.to_string();
-        let code = match &err {
-            Error::MissingToken(_) => Code::Unauthenticated,
-            Error::Token(e) => match e {
-                VerifyError::KeysUnavailable => Code::Unavailable,
-                VerifyError::TooLarge(_)
-                | VerifyError::Malformed(_)
-                | VerifyError::Algorithm(_)
-                | VerifyError::MissingKid
-                | VerifyError::Crit
-                | VerifyError::DuplicateHeader(_)
-                | VerifyError::UnknownKid
-                | VerifyError::BadSignature
-                | VerifyError::Expired
-                | VerifyError::NotYetValid(_)
-                | VerifyError::Issuer
-                | VerifyError::Audience
-                | VerifyError::MissingClaim(_)
-                | VerifyError::ClaimType(..)
-                | VerifyError::DuplicateClaim(_)
-                | VerifyError::Lifetime => Code::Unauthenticated,
-            },
-            Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::PermissionDenied(_) => Code::PermissionDenied,
-            Error::Sts(e) => match e {
-                StsError::InvalidIdentityToken(_) | StsError::ExpiredToken(_) => {
-                    Code::Unauthenticated
-                }
-                StsError::AccessDenied(_) | StsError::IdpRejectedClaim(_) => Code::PermissionDenied,
-                StsError::IdpCommunication(_)
-                | StsError::Throttled(_)
-                | StsError::Unavailable(_) => Code::Unavailable,
-                StsError::Refused { .. } => Code::FailedPrecondition,
-            },
-            Error::RateLimited { .. }
-            | Error::Overloaded(_)
-            | Error::MessageTooLarge(_)
-            | Error::HeadersTooLarge { .. } => Code::ResourceExhausted,
-            // The server's own deadline: an upstream was too slow. Callers
-            // retry UNAVAILABLE; DEADLINE_EXCEEDED is what a client reports
-            // when its own deadline passes.
-            Error::DeadlineExceeded(_) => Code::Unavailable,
-        };
+        let code = code_of(&err);
         match err.retry_after() {
             Some(delay) => Status::with_error_details(
                 code,
@@ -396,6 +532,7 @@ mod tests {
         );
         assert_eq!(code(Error::Overloaded(10)), Code::ResourceExhausted);
         assert_eq!(code(Error::DeadlineExceeded(5000)), Code::Unavailable);
+        assert_eq!(code(Error::AuditUnavailable), Code::Unavailable);
         assert_eq!(code(Error::MessageTooLarge(4096)), Code::ResourceExhausted);
         assert_eq!(
             code(Error::HeadersTooLarge {
@@ -425,6 +562,7 @@ mod tests {
         assert!(retry(VerifyError::KeysUnavailable.into()).is_some());
         assert!(retry(Error::Overloaded(1)).is_some());
         assert!(retry(Error::DeadlineExceeded(1)).is_some());
+        assert!(retry(Error::AuditUnavailable).is_some());
         assert_eq!(retry(VerifyError::Expired.into()), None);
         assert_eq!(retry(StsError::AccessDenied("x".into()).into()), None);
         assert_eq!(retry(Error::PermissionDenied("x".into())), None);

@@ -48,6 +48,17 @@ impl HealthHandle {
     pub fn shutting_down(&self) {
         self.state.send_modify(|s| s.stopping = true);
     }
+
+    /// Whether the service reports SERVING: Google's keys loaded, not
+    /// shutting down (the admin listener's `/readyz`).
+    pub fn is_serving(&self) -> bool {
+        self.state.borrow().status() == ServingStatus::Serving as i32
+    }
+
+    /// Whether a shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.state.borrow().stopping
+    }
 }
 
 /// The health service and the handle that drives it; starts NOT_SERVING.

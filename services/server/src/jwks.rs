@@ -44,6 +44,8 @@ use jsonwebtoken::{
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
+use crate::metrics::Metrics;
+
 /// Shortest time keys are kept, whatever `max-age` says.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(60);
 /// Longest time keys are kept without a refetch.
@@ -119,6 +121,7 @@ pub struct Jwks {
     attempts: AtomicU64,
     /// Whether the last fetch failed.
     failing: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl Jwks {
@@ -142,7 +145,14 @@ impl Jwks {
             gate: tokio::sync::Mutex::new(Gate::default()),
             attempts: AtomicU64::new(0),
             failing: AtomicBool::new(false),
+            metrics: Metrics::disabled(),
         })
+    }
+
+    /// Counts fetches and their failures in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How long past their `max-age` the last good keys keep verifying
@@ -272,7 +282,9 @@ impl Jwks {
 
     /// Fetches under the gate; returns whether a new key set is in place.
     async fn fetch_and_store(&self, gate: &mut Gate) -> bool {
-        let ok = match self.fetch().await {
+        let fetched = self.fetch().await;
+        self.metrics.jwks_fetch(fetched.is_ok());
+        let ok = match fetched {
             Ok(set) => {
                 gate.last_failure = None;
                 self.store(set);
@@ -351,6 +363,13 @@ impl Jwks {
         }
     }
 
+    #[tracing::instrument(
+        name = "jwks_fetch",
+        level = "debug",
+        skip_all,
+        fields(jwks_uri = %self.uri),
+        err(Display, level = "debug")
+    )]
     async fn fetch(&self) -> Result<KeySet, String> {
         let mut resp = self
             .http

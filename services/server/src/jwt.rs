@@ -78,6 +78,52 @@ pub struct Claims {
     pub exp: u64,
     /// Not before (Unix seconds).
     pub nbf: Option<u64>,
+    /// The VM the caller runs on, from a `format=full` token's
+    /// `google.compute_engine` claim (absent for other workloads, such as
+    /// GKE pods with Workload Identity). Informational: for the audit log,
+    /// never for a decision.
+    pub gce: Option<Arc<GceInstance>>,
+}
+
+/// The `google.compute_engine` claim of a `format=full` ID token. Members of
+/// the wrong type are left out rather than refused: nothing is decided on
+/// them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GceInstance {
+    /// `project_id`.
+    pub project_id: Option<String>,
+    /// `project_number`.
+    pub project_number: Option<u64>,
+    /// `zone`.
+    pub zone: Option<String>,
+    /// `instance_id`.
+    pub instance_id: Option<String>,
+    /// `instance_name`.
+    pub instance_name: Option<String>,
+}
+
+impl GceInstance {
+    /// Reads the `google` claim's `compute_engine` object, if there is one.
+    fn from_google_claim(google: Option<Value>) -> Option<Arc<Self>> {
+        let Some(Value::Object(mut google)) = google else {
+            return None;
+        };
+        let Some(Value::Object(mut ce)) = google.remove("compute_engine") else {
+            return None;
+        };
+        let mut text = |name: &str| match ce.remove(name) {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        let gce = GceInstance {
+            project_id: text("project_id"),
+            zone: text("zone"),
+            instance_id: text("instance_id"),
+            instance_name: text("instance_name"),
+            project_number: ce.get("project_number").and_then(Value::as_u64),
+        };
+        Some(Arc::new(gce))
+    }
 }
 
 impl Claims {
@@ -413,6 +459,7 @@ fn parse_claims(payload: Vec<u8>) -> Result<Claims, VerifyError> {
         iat: optional_integer(&mut map, "iat")?.ok_or(VerifyError::MissingClaim("iat"))?,
         exp: optional_integer(&mut map, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?,
         nbf: optional_integer(&mut map, "nbf")?,
+        gce: GceInstance::from_google_claim(map.remove("google")),
     })
 }
 
@@ -714,5 +761,34 @@ mod tests {
             r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"email":"e@x.io","email_verified":false}"#,
         );
         assert_eq!(unverified.unwrap().verified_email(), None);
+    }
+
+    #[test]
+    fn the_compute_engine_claim_is_kept_for_the_audit_log() {
+        let c = |json: &str| parse_claims(json.as_bytes().to_vec()).unwrap().gce;
+        let full = c(
+            r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"google":{"compute_engine":{"project_id":"p","project_number":42,"zone":"europe-west1-b","instance_id":"123","instance_name":"vm","instance_confidentiality":0}}}"#,
+        )
+        .unwrap();
+        assert_eq!(full.project_id.as_deref(), Some("p"));
+        assert_eq!(full.project_number, Some(42));
+        assert_eq!(full.zone.as_deref(), Some("europe-west1-b"));
+        assert_eq!(full.instance_id.as_deref(), Some("123"));
+        assert_eq!(full.instance_name.as_deref(), Some("vm"));
+        assert_eq!(
+            c(r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2}"#),
+            None
+        );
+        assert_eq!(
+            c(r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"google":"x"}"#),
+            None
+        );
+        // Mistyped members are left out, not refused.
+        let odd = c(
+            r#"{"iss":"i","aud":"a","sub":"1","iat":1,"exp":2,"google":{"compute_engine":{"project_id":7,"zone":"z"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(odd.project_id, None);
+        assert_eq!(odd.zone.as_deref(), Some("z"));
     }
 }

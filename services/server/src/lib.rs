@@ -14,10 +14,15 @@
 //!   and size limits.
 //! * [`tls`]: rustls from PEM files, reloaded when they change; mTLS.
 //! * [`app`]: wiring, health, reflection, graceful shutdown.
+//! * [`metrics`], [`admin`], [`audit`], [`telemetry`]: observability:
+//!   Prometheus metrics and probes on the admin listener, the audit log,
+//!   logs and OpenTelemetry traces.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod bindings;
 pub mod cache;
 pub mod config;
@@ -29,6 +34,7 @@ pub mod health;
 pub mod jwks;
 pub mod jwt;
 pub mod limits;
+pub mod metrics;
 pub mod policy;
 pub mod secret;
 pub mod store;

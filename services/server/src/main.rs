@@ -60,7 +60,6 @@ fn main() -> ExitCode {
         },
         Command::Serve { config } => {
             tokenbridge_server::app::install_crypto_provider();
-            tokenbridge_server::telemetry::init();
             let (cfg, policy) = match tokenbridge_server::load(&config) {
                 Ok(loaded) => loaded,
                 Err(problems) => {
@@ -81,37 +80,58 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_UNAVAILABLE);
                 }
             };
-            runtime.block_on(async move {
-                let addr = cfg.server.listen;
-                let listener = match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => l,
+            let code = runtime.block_on(async move {
+                // Logging (and tracing, if configured) from here on: the
+                // trace exporter needs the runtime.
+                let telemetry = match tokenbridge_server::telemetry::init_with(&cfg.telemetry) {
+                    Ok(t) => t,
                     Err(e) => {
-                        error!(%addr, error = %e, "cannot listen");
-                        return ExitCode::from(EX_UNAVAILABLE);
-                    }
-                };
-                // Handlers first: a signal that arrives while starting is not lost.
-                let Some(signals) = Signals::install() else {
-                    error!("cannot install signal handlers");
-                    return ExitCode::from(EX_UNAVAILABLE);
-                };
-                let policy_file = cfg.policy_file.clone();
-                let running = match tokenbridge_server::app::start_on(cfg, policy, listener).await {
-                    Ok(running) => running,
-                    Err(e) => {
+                        tokenbridge_server::telemetry::init();
                         error!(error = %e, "cannot start");
                         return ExitCode::from(EX_UNAVAILABLE);
                     }
                 };
-                signals.wait_for_shutdown(&running, &policy_file).await;
-                match running.stop().await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        error!(error = %e, "server failed");
-                        ExitCode::from(EX_UNAVAILABLE)
-                    }
-                }
-            })
+                let code = serve(cfg, policy).await;
+                telemetry.shutdown().await;
+                code
+            });
+            // A write stuck on a stalled audit sink (a pipe nobody reads)
+            // must not keep the process from exiting.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            code
+        }
+    }
+}
+
+/// Listens, serves until SIGTERM or SIGINT, and drains.
+async fn serve(cfg: tokenbridge_server::Config, policy: tokenbridge_server::Policy) -> ExitCode {
+    let addr = cfg.server.listen;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(%addr, error = %e, "cannot listen");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    // Handlers first: a signal that arrives while starting is not lost.
+    let Some(signals) = Signals::install() else {
+        error!("cannot install signal handlers");
+        return ExitCode::from(EX_UNAVAILABLE);
+    };
+    let policy_file = cfg.policy_file.clone();
+    let running = match tokenbridge_server::app::start_on(cfg, policy, listener).await {
+        Ok(running) => running,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    signals.wait_for_shutdown(&running, &policy_file).await;
+    match running.stop().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "server failed");
+            ExitCode::from(EX_UNAVAILABLE)
         }
     }
 }

@@ -16,7 +16,7 @@
 //! `sts_timeout_ms`, so the overall deadline stays what the shim's budget
 //! allows.
 
-use std::{future::Future, pin::Pin, time::Duration};
+use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
 
 use aws_sdk_sts::{
     config::{BehaviorVersion, Region},
@@ -24,9 +24,9 @@ use aws_sdk_sts::{
     operation::{RequestId as _, assume_role_with_web_identity::AssumeRoleWithWebIdentityError},
 };
 use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
-use tracing::{info, warn};
+use tracing::{field::Empty, info, warn};
 
-use crate::{config::AwsConfig, policy::shorten, secret::Secret};
+use crate::{config::AwsConfig, metrics::Metrics, policy::shorten, secret::Secret};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -118,6 +118,20 @@ impl StsError {
             | StsError::Refused { .. } => false,
         }
     }
+
+    /// The `outcome` label of STS metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            StsError::Throttled(_) => "throttled",
+            StsError::Unavailable(_) => "unavailable",
+            StsError::IdpCommunication(_) => "idp_unreachable",
+            StsError::InvalidIdentityToken(_)
+            | StsError::ExpiredToken(_)
+            | StsError::AccessDenied(_)
+            | StsError::IdpRejectedClaim(_)
+            | StsError::Refused { .. } => "rejected",
+        }
+    }
 }
 
 /// The real STS, through `aws-sdk-sts`: the primary region, then the
@@ -126,6 +140,7 @@ impl StsError {
 pub struct Sts {
     regions: Vec<(String, aws_sdk_sts::Client)>,
     overall: Duration,
+    metrics: Arc<Metrics>,
 }
 
 fn client(region: &str, endpoint: Option<&str>, timeout: Duration) -> aws_sdk_sts::Client {
@@ -170,15 +185,42 @@ impl Sts {
         Self {
             regions,
             overall: aws.sts_timeout,
+            metrics: Metrics::disabled(),
         }
     }
 
+    /// Counts calls, throttles and their latency in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    #[tracing::instrument(
+        name = "sts_assume_role",
+        level = "debug",
+        skip_all,
+        fields(role_arn = %req.role_arn, role_session_name = %req.session_name, region = Empty, outcome = Empty, sts_request_id = Empty)
+    )]
     async fn call(&self, req: AssumeRoleRequest) -> Result<Credentials, StsError> {
         let deadline = tokio::time::Instant::now() + self.overall;
         let mut last = StsError::Unavailable("no STS region configured".into());
+        let span = tracing::Span::current();
         for (i, (region, client)) in self.regions.iter().enumerate() {
-            match tokio::time::timeout_at(deadline, Self::call_region(client, &req)).await {
+            let started = tokio::time::Instant::now();
+            let result = tokio::time::timeout_at(deadline, Self::call_region(client, &req)).await;
+            let outcome = match &result {
+                Ok(Ok(_)) => "ok",
+                Ok(Err(e)) => e.outcome(),
+                Err(_) => "timeout",
+            };
+            self.metrics.sts_request(region, outcome, started.elapsed());
+            span.record("region", region.as_str());
+            span.record("outcome", outcome);
+            match result {
                 Ok(Ok(credentials)) => {
+                    if let Some(id) = &credentials.request_id {
+                        span.record("sts_request_id", id.as_str());
+                    }
                     if i > 0 {
                         info!(region = %region, "STS answered from a fallback region");
                     }

@@ -79,7 +79,8 @@ async fn main() {
         &config,
         format!(
             "[server]\nlisten = \"{listen}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{}\"\n\n\
-             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{}\"\n\n[policy]\nfile = \"{}\"\n",
+             [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{}\"\n\n[policy]\nfile = \"{}\"\n\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n",
             jwks.uri(),
             moto.endpoint(),
             policy.display()

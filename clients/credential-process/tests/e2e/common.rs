@@ -61,6 +61,13 @@ sts_endpoint = "{moto}"
 
 [policy]
 file = "policy.toml"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[audit]
+sink = "file"
+path = "/dev/null"
 "#,
             jwks = jwks.uri(),
         );

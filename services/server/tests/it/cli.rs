@@ -22,7 +22,12 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn write_config(dir: &Path, listen: &str, jwks_uri: &str, sts_endpoint: &str) -> PathBuf {
+pub(crate) fn write_config(
+    dir: &Path,
+    listen: &str,
+    jwks_uri: &str,
+    sts_endpoint: &str,
+) -> PathBuf {
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
@@ -40,6 +45,9 @@ sts_endpoint = "{sts_endpoint}"
 
 [policy]
 file = "policy.toml"
+
+[admin]
+listen = "127.0.0.1:0"
 "#
         ),
     )
@@ -48,7 +56,7 @@ file = "policy.toml"
     path
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -181,7 +189,7 @@ fn serve_refuses_bad_config_before_listening() {
 }
 
 /// The server binary running in the background, its stderr collected.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     addr: String,
     log: Arc<Mutex<Vec<String>>>,
@@ -189,7 +197,7 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(config: &Path, addr: String, rust_log: &str) -> Server {
+    pub(crate) fn spawn(config: &Path, addr: String, rust_log: &str) -> Server {
         let mut child = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(config)
@@ -218,7 +226,7 @@ impl Server {
     }
 
     /// Waits for the "serving" log line, then for health SERVING.
-    async fn wait_serving(&mut self) -> Channel {
+    pub(crate) async fn wait_serving(&mut self) -> Channel {
         let wait = async {
             while let Some(line) = self.ready.recv().await {
                 if line.contains("tokenbridge serving") {
@@ -268,7 +276,7 @@ impl Server {
             .expect("log line");
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -276,7 +284,7 @@ impl Server {
         assert!(status.success());
     }
 
-    async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) async fn wait_exit(mut self) -> (std::process::ExitStatus, String) {
         let status = tokio::task::spawn_blocking(move || {
             let status = self.child.wait().unwrap();
             (status, self)
@@ -290,7 +298,7 @@ impl Server {
     }
 }
 
-fn request(token: &str, role: &str) -> Request<GetCredentialsRequest> {
+pub(crate) fn request(token: &str, role: &str) -> Request<GetCredentialsRequest> {
     let mut req = Request::new(GetCredentialsRequest {
         role_arn: role.into(),
         duration_seconds: 0,

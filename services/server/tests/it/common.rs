@@ -7,10 +7,13 @@ use tokenbridge_proto::v1::{
 };
 use tokenbridge_server::{
     Policy,
+    admin::AdminConfig,
     app::{self, Running},
+    audit::{AuditConfig, AuditSink},
     cache::CacheConfig,
     config::{AwsConfig, Config, DEFAULT_ISSUERS, FallbackRegion, GoogleConfig, ServerConfig},
     limits::LimitsConfig,
+    telemetry::TelemetryConfig,
     tls::TlsConfig,
 };
 use tokenbridge_testing::{Issuer, JwksServer, Moto, ServiceAccount};
@@ -88,6 +91,8 @@ pub struct Options {
     pub jwks_stale_window: Duration,
     pub jwks_timeout: Duration,
     pub fallback_regions: Vec<FallbackRegion>,
+    /// Where audit records go: `/dev/null` unless a test reads them.
+    pub audit: AuditConfig,
 }
 
 impl Default for Options {
@@ -106,6 +111,10 @@ impl Default for Options {
             jwks_stale_window: Duration::from_secs(24 * 3600),
             jwks_timeout: Duration::from_secs(2),
             fallback_regions: Vec::new(),
+            audit: AuditConfig {
+                sink: AuditSink::File("/dev/null".into()),
+                gcp_project_id: None,
+            },
         }
     }
 }
@@ -135,6 +144,12 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
         cache: opts.cache.clone(),
         limits: opts.limits.clone(),
         tls: opts.tls.clone(),
+        // Every test server has its own admin listener, on a free port.
+        admin: AdminConfig {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        },
+        audit: opts.audit.clone(),
+        telemetry: TelemetryConfig::default(),
     }
 }
 
