@@ -96,6 +96,24 @@ fn check_config(config: &Config) {
     assert!(config.cache.margin <= Duration::from_secs(11 * 3600));
     assert!(config.cache.refresh_window <= Duration::from_secs(11 * 3600));
 
-    // Relative to the config file's folder.
-    assert!(config.policy_file.is_absolute(), "{:?}", config.policy_file);
+    // Exactly one policy source; paths relative to the config file's folder.
+    assert!(
+        config.policy_file.is_some() != config.store.is_some(),
+        "policy file {:?}, store {:?}",
+        config.policy_file,
+        config.store
+    );
+    if let Some(file) = &config.policy_file {
+        assert!(file.is_absolute(), "{file:?}");
+    }
+    if let Some(admin) = &config.policy_admin {
+        assert!(!admin.audiences.is_empty() && !admin.principals.is_empty());
+        assert!(
+            admin
+                .audiences
+                .iter()
+                .all(|a| !config.google.audiences.contains(a)),
+            "an admin audience is also an exchange audience"
+        );
+    }
 }

@@ -111,8 +111,9 @@ impl Config {
     }
 
     /// A tonic endpoint with TLS, time limits and user agent set up; reads the
-    /// CA and client certificate files. Needs no runtime.
-    pub(crate) fn tonic_endpoint(&self) -> Result<Endpoint, Error> {
+    /// CA and client certificate files. Needs no runtime. For clients of
+    /// tokenbridge's other gRPC services (the admin CLI).
+    pub fn tonic_endpoint(&self) -> Result<Endpoint, Error> {
         let url = self.endpoint.trim_end_matches('/');
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|_| Error::config(format!("endpoint {url:?} is not a URL")))?;

@@ -21,7 +21,7 @@ use tokenbridge_client::{
     testing::{Answer, FAKE_ACCESS_KEY_ID, FakeExchange},
 };
 use tokenbridge_server::{
-    Policy,
+    PolicySnapshot,
     app::{self, Running},
 };
 use tokenbridge_testing::{Issuer, JwksServer, MetadataServer, Moto, ServiceAccount};
@@ -67,7 +67,7 @@ async fn stack() -> Stack {
          role_arns = [\"{ROLE}\"]\n"
     );
     let config = tokenbridge_server::Config::from_toml_str(&config, Path::new("c.toml")).unwrap();
-    let policy = Policy::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
+    let policy = PolicySnapshot::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
     let server = app::start(config, policy).await.unwrap();
     let endpoint = format!("http://{}", server.addr);
     let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())

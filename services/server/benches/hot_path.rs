@@ -9,12 +9,12 @@ use std::{hint::black_box, path::Path, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokenbridge_server::{
-    Policy,
+    PolicySnapshot,
+    bindings::Caller,
     cache::{CacheConfig, CacheKey, CredentialCache, SystemClock},
     config::{DEFAULT_ISSUERS, GoogleConfig},
     jwks::Jwks,
     jwt::Verifier,
-    policy::Principal,
     secret::Secret,
     sts::{AssumeRole, AssumeRoleRequest, BoxFuture, Credentials, StsError},
 };
@@ -69,7 +69,7 @@ fn verification(c: &mut Criterion) {
     group.finish();
 }
 
-fn policy_of(n: usize) -> Policy {
+fn policy_of(n: usize) -> PolicySnapshot {
     let mut src = String::with_capacity(n * 120);
     for i in 0..n {
         src.push_str(&format!(
@@ -77,7 +77,7 @@ fn policy_of(n: usize) -> Policy {
             100_000_000_000_000_000_000u128 + i as u128
         ));
     }
-    Policy::from_toml_str(&src, Path::new("bench.toml")).unwrap()
+    PolicySnapshot::from_toml_str(&src, Path::new("bench.toml")).unwrap()
 }
 
 fn policy_lookup(c: &mut Criterion) {
@@ -86,13 +86,11 @@ fn policy_lookup(c: &mut Criterion) {
         let policy = policy_of(n);
         let sub = (100_000_000_000_000_000_000u128 + (n as u128) / 2).to_string();
         group.bench_function(format!("{n}_bindings"), |b| {
-            b.iter(|| {
-                let who = Principal {
-                    sub: black_box(&sub),
-                    verified_email: None,
-                };
-                policy.decide(who, black_box(ROLE)).unwrap()
-            })
+            let caller = Caller {
+                sub: sub.clone(),
+                ..Caller::default()
+            };
+            b.iter(|| policy.decide(black_box(&caller), black_box(ROLE)).unwrap())
         });
     }
     group.finish();
@@ -130,12 +128,14 @@ fn cache_hit(c: &mut Criterion) {
         subject: "112233445566778899001".into(),
         role_arn: ROLE.into(),
         duration_seconds: 3600,
+        scope: Default::default(),
     };
     let req = AssumeRoleRequest {
         role_arn: ROLE.into(),
         session_name: "112233445566778899001".into(),
         duration_seconds: 3600,
         web_identity_token: Secret::new("t".into()),
+        scope: Default::default(),
     };
     rt.block_on(cache.get(key.clone(), req.clone())).unwrap();
     c.bench_function("credentials_cache_hit", |b| {

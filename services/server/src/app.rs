@@ -17,6 +17,15 @@
 //!
 //! Every service has its own metrics registry and audit log writer, so that
 //! tests can run several in one process.
+//!
+//! Policy: from the file (`policy.file`, the snapshot given to [`start`]), or
+//! with `[store]` from the SQL store: opened (and migrated) at start, which
+//! fails if the store cannot be reached, then followed: every change any
+//! replica commits is loaded and in force within about a second
+//! (PostgreSQL: LISTEN/NOTIFY; SQLite: polling the revision). While the
+//! store is unreachable the last loaded policy stays in force. With
+//! `[policy_admin]`, `tokenbridge.v1.PolicyAdmin` is served on its own
+//! listener (see [`crate::policy_admin`]).
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -27,6 +36,7 @@ use tracing::{info, warn};
 use crate::{
     admin,
     audit::{AuditError, AuditLog, AuditSink},
+    bindings::PolicySnapshot,
     cache::{CredentialCache, SystemClock},
     config::Config,
     exchange::Exchange,
@@ -36,7 +46,8 @@ use crate::{
     jwt::Verifier,
     limits::{JANITOR_INTERVAL, RateLimits},
     metrics::{Metrics, MetricsError},
-    policy::Policy,
+    policy_admin::{AdminAccess, PolicyAdminService, PolicySource},
+    store::{PolicyStore as _, Store, StoreError, load_snapshot},
     sts::Sts,
     tls::{self, TlsError, TlsReloader},
 };
@@ -85,6 +96,9 @@ pub enum AppError {
     /// The audit log cannot be opened.
     #[error("{0}")]
     Audit(#[from] AuditError),
+    /// The policy store cannot be opened or read.
+    #[error("policy store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// A running service.
@@ -96,6 +110,8 @@ pub struct Running {
     /// The address of the admin listener (`/metrics`, `/healthz`,
     /// `/readyz`), if any.
     pub admin_addr: Option<SocketAddr>,
+    /// The address of the policy admin listener, if any.
+    pub policy_admin_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     exchange: Arc<Exchange>,
     jwks: Arc<Jwks>,
@@ -147,7 +163,7 @@ impl Running {
 }
 
 /// Binds `config.server.listen` and serves in a background task.
-pub async fn start(config: Config, policy: Policy) -> Result<Running, AppError> {
+pub async fn start(config: Config, policy: PolicySnapshot) -> Result<Running, AppError> {
     let addr = config.server.listen;
     let listener = TcpListener::bind(addr)
         .await
@@ -159,18 +175,23 @@ pub async fn start(config: Config, policy: Policy) -> Result<Running, AppError> 
 /// background task.
 pub async fn start_on(
     config: Config,
-    policy: Policy,
+    policy: PolicySnapshot,
     listener: TcpListener,
 ) -> Result<Running, AppError> {
     let addr = listener.local_addr().map_err(|source| AppError::Bind {
         addr: config.server.listen,
         source,
     })?;
-    let service = Service::build(config, policy)?;
+    let (policy, store) = open_policy(&config, policy).await?;
+    let service = Service::build(config, policy, store)?;
     let tls_listener = service.bind_tls().await?;
     let tls_addr = tls_listener.as_ref().and_then(|l| l.local_addr().ok());
     let admin_listener = service.bind_admin().await?;
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let policy_admin_listener = service.bind_policy_admin().await?;
+    let policy_admin_addr = policy_admin_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
     let (exchange, jwks, rate_limits, tls, metrics) = (
         service.exchange.clone(),
         service.jwks.clone(),
@@ -179,15 +200,20 @@ pub async fn start_on(
         service.metrics.clone(),
     );
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(
-        service.serve(listener, tls_listener, admin_listener, async {
+    let task = tokio::spawn(service.serve(
+        listener,
+        tls_listener,
+        admin_listener,
+        policy_admin_listener,
+        async {
             let _ = rx.await;
-        }),
-    );
+        },
+    ));
     Ok(Running {
         addr,
         tls_addr,
         admin_addr,
+        policy_admin_addr,
         metrics,
         exchange,
         jwks,
@@ -202,16 +228,38 @@ pub async fn start_on(
 /// `shutdown` completes, then drains.
 pub async fn serve(
     config: Config,
-    policy: Policy,
+    policy: PolicySnapshot,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), AppError> {
-    let service = Service::build(config, policy)?;
+    let (policy, store) = open_policy(&config, policy).await?;
+    let service = Service::build(config, policy, store)?;
     let tls_listener = service.bind_tls().await?;
     let admin_listener = service.bind_admin().await?;
+    let policy_admin_listener = service.bind_policy_admin().await?;
     service
-        .serve(listener, tls_listener, admin_listener, shutdown)
+        .serve(
+            listener,
+            tls_listener,
+            admin_listener,
+            policy_admin_listener,
+            shutdown,
+        )
         .await
+}
+
+/// With `[store]`: opens the store and loads the policy from it. Otherwise
+/// the snapshot given (from the policy file).
+async fn open_policy(
+    config: &Config,
+    policy: PolicySnapshot,
+) -> Result<(PolicySnapshot, Option<Store>), AppError> {
+    let Some(store_config) = &config.store else {
+        return Ok((policy, None));
+    };
+    let store = Store::open_in(&store_config.url, store_config.schema.as_deref()).await?;
+    let policy = load_snapshot(&store).await?;
+    Ok((policy, Some(store)))
 }
 
 /// Every component, built and wired, not yet serving.
@@ -224,10 +272,15 @@ struct Service {
     bindings: usize,
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
+    store: Option<Store>,
 }
 
 impl Service {
-    fn build(config: Config, policy: Policy) -> Result<Self, AppError> {
+    fn build(
+        config: Config,
+        policy: PolicySnapshot,
+        store: Option<Store>,
+    ) -> Result<Self, AppError> {
         install_crypto_provider();
         let metrics = Metrics::prometheus()?;
         let g = &config.google;
@@ -261,7 +314,46 @@ impl Service {
             bindings,
             metrics,
             audit,
+            store,
         })
+    }
+
+    async fn bind_policy_admin(&self) -> Result<Option<TcpListener>, AppError> {
+        let Some(p) = &self.config.policy_admin else {
+            return Ok(None);
+        };
+        TcpListener::bind(p.listen)
+            .await
+            .map(Some)
+            .map_err(|source| AppError::Bind {
+                addr: p.listen,
+                source,
+            })
+    }
+
+    /// The `PolicyAdmin` service: admin tokens verified like exchange
+    /// tokens (same keys) but for the admin audiences.
+    fn policy_admin(&self) -> Option<PolicyAdminService> {
+        let p = self.config.policy_admin.as_ref()?;
+        let google = crate::config::GoogleConfig {
+            audiences: p.audiences.clone(),
+            ..self.config.google.clone()
+        };
+        let admin_verifier = Arc::new(Verifier::new(&google, self.jwks.clone()));
+        let source = match (&self.store, &self.config.policy_file) {
+            (Some(store), _) => PolicySource::Store(store.clone()),
+            (None, Some(file)) => PolicySource::File(file.clone()),
+            (None, None) => PolicySource::File("(none)".into()),
+        };
+        Some(
+            PolicyAdminService::new(
+                AdminAccess::new(admin_verifier, &p.principals),
+                source,
+                self.exchange.clone(),
+                self.exchange.verifier().clone(),
+            )
+            .with_audit(self.audit.clone()),
+        )
     }
 
     async fn bind_admin(&self) -> Result<Option<TcpListener>, AppError> {
@@ -290,8 +382,30 @@ impl Service {
         listener: TcpListener,
         tls_listener: Option<TcpListener>,
         admin_listener: Option<TcpListener>,
+        policy_admin_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
+        let policy_admin = self.policy_admin();
+        let follow = self.store.clone().map(|store| {
+            let exchange = self.exchange.clone();
+            AbortOnDrop(tokio::spawn(follow_store(store, exchange)))
+        });
+        let policy_admin_addr = policy_admin_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok());
+        let policy_admin_task = policy_admin_listener.zip(policy_admin).map(|(l, svc)| {
+            AbortOnDrop(tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(
+                        tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
+                    )
+                    .serve_with_incoming(tcp_incoming(l))
+                    .await;
+                if let Err(e) = served {
+                    warn!(error = %e, "policy admin listener failed");
+                }
+            }))
+        });
         let Service {
             config,
             jwks,
@@ -301,6 +415,7 @@ impl Service {
             bindings,
             metrics,
             audit,
+            store,
         } = self;
         let g = &config.google;
         let (reporter, health) = health();
@@ -337,7 +452,9 @@ impl Service {
             aws_region = %config.aws.region,
             sts_endpoint = config.aws.sts_endpoint.as_deref().unwrap_or("(regional default)"),
             sts_timeout_ms = config.aws.sts_timeout.as_millis() as u64,
-            policy_file = %config.policy_file.display(),
+            policy_file = ?config.policy_file,
+            policy_store = store.as_ref().map(Store::backend_name),
+            policy_admin_listen = ?policy_admin_addr,
             bindings,
             cache = ?config.cache,
             limits = ?config.limits,
@@ -397,7 +514,10 @@ impl Service {
                 warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
             }
         }
-        drop((keys, janitor, tls_watch));
+        drop((keys, janitor, tls_watch, follow));
+        if let Some(task) = policy_admin_task {
+            task.stop().await;
+        }
         // The admin listener is closed once this returns.
         if let Some(admin) = admin {
             admin.stop().await;
@@ -466,4 +586,55 @@ async fn keep_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
     reporter.set_serving();
     info!("Google signing keys loaded; health SERVING");
     jwks.keep_fresh().await;
+}
+
+/// Keeps the exchange's policy in step with the store: loads and swaps in
+/// the policy whenever the store's revision changes. A failed load is
+/// logged and retried with backoff; meanwhile the last policy stays.
+async fn follow_store(store: Store, exchange: Arc<Exchange>) {
+    use backon::BackoffBuilder as _;
+    let new_backoff = || {
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = new_backoff();
+    loop {
+        let mut changes = match store.watch().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot watch the policy store; retrying");
+                tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
+                continue;
+            }
+        };
+        // Load now (a change may have landed before the watch began), then
+        // after every change.
+        loop {
+            loop {
+                match load_snapshot(&store).await {
+                    Ok(snapshot) => {
+                        let (revision, bindings) = (snapshot.revision, snapshot.binding_count());
+                        if revision != exchange.snapshot().revision {
+                            exchange.set_policy(snapshot);
+                            info!(revision, bindings, "policy reloaded from the store");
+                        }
+                        backoff = new_backoff();
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot load the policy store; the last policy stays in force");
+                        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(10))).await;
+                    }
+                }
+            }
+            if let Err(e) = changes.changed().await {
+                warn!(error = %e, "policy store watch ended; subscribing again");
+                break;
+            }
+        }
+    }
 }

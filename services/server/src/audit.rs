@@ -273,9 +273,9 @@ impl Entry<'_> {
             requested_duration_seconds: self.requested_duration_seconds,
             role_arn: facts.role_arn.as_deref(),
             bindings: facts
-                .grant
+                .decision
                 .as_ref()
-                .map(|g| g.bindings.iter().map(String::as_str).collect())
+                .map(|d| d.bindings.iter().map(String::as_str).collect())
                 .unwrap_or_default(),
             duration_seconds: facts.duration_seconds,
             role_session_name: facts.role_session_name.as_deref(),
@@ -285,6 +285,74 @@ impl Entry<'_> {
             sts_request_id: creds.and_then(|c| c.request_id.as_deref()),
             peer: self.peer.map(|p| p.to_string()),
             trace_id: self.trace.map(|t| t.trace_id.as_str()),
+            elapsed_ms: self.elapsed.as_secs_f64() * 1000.0,
+        };
+        let mut line = serde_json::to_vec(&record)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+/// One policy admin call (`tokenbridge.v1.PolicyAdmin`), refusals included.
+/// What a write changed (before and after) is in the store's own audit
+/// table, written in the same transaction as the change (`ListAudit`).
+#[derive(Debug)]
+pub struct AdminEntry<'a> {
+    /// The RPC method, e.g. `UpdateBinding`.
+    pub method: &'static str,
+    /// The verified caller (email or unique ID); `None` if it was refused
+    /// before it was known.
+    pub actor: Option<&'a str>,
+    /// The binding or service account the call is about (may be empty).
+    pub target: &'a str,
+    /// The gRPC status code's name.
+    pub code: &'static str,
+    /// The status message (never a secret); empty on success.
+    pub reason: &'a str,
+    /// The caller's address.
+    pub peer: Option<SocketAddr>,
+    /// How long the call took.
+    pub elapsed: Duration,
+}
+
+#[derive(Serialize)]
+struct AdminRecord<'a> {
+    time: String,
+    severity: &'static str,
+    message: &'static str,
+    #[serde(rename = "logging.googleapis.com/labels")]
+    labels: &'static Labels,
+    event: &'static str,
+    method: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor: Option<&'a str>,
+    target: &'a str,
+    code: &'static str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+    elapsed_ms: f64,
+}
+
+impl AdminEntry<'_> {
+    fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let ok = self.code == "OK";
+        let record = AdminRecord {
+            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            severity: if ok { "NOTICE" } else { "WARNING" },
+            message: if ok {
+                "policy admin call"
+            } else {
+                "policy admin call refused"
+            },
+            labels: &LABELS,
+            event: "tokenbridge.admin",
+            method: self.method,
+            actor: self.actor,
+            target: self.target,
+            code: self.code,
+            reason: self.reason,
+            peer: self.peer.map(|p| p.to_string()),
             elapsed_ms: self.elapsed.as_secs_f64() * 1000.0,
         };
         let mut line = serde_json::to_vec(&record)?;
@@ -371,7 +439,17 @@ impl AuditLog {
     /// Writes `entry`; true once it is written, false if it could not be
     /// (the caller must then fail closed).
     pub async fn write(&self, entry: &Entry<'_>) -> bool {
-        let written = match entry.to_line(self.gcp_project_id.as_deref()) {
+        self.write_line(entry.to_line(self.gcp_project_id.as_deref()))
+            .await
+    }
+
+    /// Writes one policy admin call's record; `true` once it is written.
+    pub async fn write_admin(&self, entry: &AdminEntry<'_>) -> bool {
+        self.write_line(entry.to_line()).await
+    }
+
+    async fn write_line(&self, line: Result<Vec<u8>, serde_json::Error>) -> bool {
+        let written = match line {
             Ok(line) => {
                 let (written, confirmed) = oneshot::channel();
                 let handed = async {

@@ -725,17 +725,22 @@ pub fn from_toml_str(src: &str, path: &Path) -> Result<Vec<Binding>, Vec<Problem
             reason: format!("invalid TOML: {}", e.message().trim()),
         }]
     })?;
-    let lines: Vec<usize> = raw
-        .binding
+    // serde's span of an array-of-tables entry is its header; the entry's
+    // keys run to the next header (or the end of the file).
+    let starts: Vec<usize> = raw.binding.iter().map(|b| b.span().start).collect();
+    let spans: Vec<std::ops::Range<usize>> = starts
         .iter()
-        .map(|b| line_of(src, b.span().start))
+        .enumerate()
+        .map(|(i, &start)| start..starts.get(i + 1).copied().unwrap_or(src.len()))
         .collect();
     let bindings: Vec<Binding> = raw.binding.into_iter().map(Spanned::into_inner).collect();
     let problems: Vec<Problem> = validate_set(&bindings)
         .into_iter()
         .map(|v| Problem {
             file: path.to_path_buf(),
-            line: lines.get(v.index).copied(),
+            line: spans
+                .get(v.index)
+                .map(|span| field_line(src, span.clone(), &v.error.field)),
             reason: v.to_string(),
         })
         .collect();
@@ -744,6 +749,37 @@ pub fn from_toml_str(src: &str, path: &Path) -> Result<Vec<Binding>, Vec<Problem
     } else {
         Err(problems)
     }
+}
+
+/// The line of `field` (`role_arns[1]`, `conditions.zones[0]`) within the
+/// binding at `span`: the line of its key, most specific first, else the
+/// binding's first line. (serde gives spans per binding, not per field.)
+fn field_line(src: &str, span: std::ops::Range<usize>, field: &str) -> usize {
+    let start = span.start.min(src.len());
+    let end = span.end.clamp(start, src.len());
+    let text = src.get(start..end).unwrap_or_default();
+    let keys: Vec<&str> = field
+        .split('.')
+        .map(|part| part.split('[').next().unwrap_or(part))
+        .rev()
+        .collect();
+    for key in keys {
+        let mut offset = start;
+        for line in text.split_inclusive('\n') {
+            let trimmed = line.trim_start();
+            let is_key = trimmed
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+                || trimmed.starts_with(&format!("{{ {key}"))
+                || line.contains(&format!("{{ {key} ="))
+                || line.contains(&format!(", {key} ="));
+            if is_key {
+                return line_of(src, offset);
+            }
+            offset += line.len();
+        }
+    }
+    line_of(src, start)
 }
 
 /// Writes bindings as a policy file that [`from_toml_str`] reads back to the
@@ -1010,7 +1046,36 @@ impl PolicySnapshot {
         })
     }
 
-    /// The core policy (service account → roles), as the exchange uses today.
+    /// Reads a policy file (the contract's keys plus the extended ones) into
+    /// a snapshot with no deny list. Problems carry the file and line.
+    pub fn load(path: &Path) -> Result<Self, Vec<Problem>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Problem {
+                file: path.to_path_buf(),
+                line: None,
+                reason: format!("cannot read the policy file: {e}"),
+            }]
+        })?;
+        Self::from_toml_str(&text, path)
+    }
+
+    /// [`load`](Self::load) from text; `path` names the source in problems.
+    pub fn from_toml_str(src: &str, path: &Path) -> Result<Self, Vec<Problem>> {
+        Self::build(0, from_toml_str(src, path)?, [], path)
+    }
+
+    /// Every binding, in name order.
+    pub fn bindings(&self) -> impl Iterator<Item = &Binding> {
+        self.bindings.values().map(|c| &c.binding)
+    }
+
+    /// How many service accounts are on the deny list.
+    pub fn denied_count(&self) -> usize {
+        self.denied.len()
+    }
+
+    /// The core policy (service account → roles), without conditions,
+    /// scoping or the deny list.
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -35,6 +35,7 @@ use rand::Rng as _;
 use tracing::{debug, warn};
 
 use crate::{
+    bindings::SessionScope,
     metrics::{CacheLookup, Metrics},
     sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
 };
@@ -88,6 +89,9 @@ pub struct CacheKey {
     pub role_arn: String,
     /// The requested lifetime.
     pub duration_seconds: u32,
+    /// The session policies the credentials are scoped by: two bindings
+    /// scoping one role differently never share credentials.
+    pub scope: SessionScope,
 }
 
 struct Entry {
@@ -383,6 +387,7 @@ mod tests {
             subject: subject.into(),
             role_arn: "arn:aws:iam::123456789012:role/R".into(),
             duration_seconds,
+            scope: Default::default(),
         }
     }
 
@@ -392,6 +397,7 @@ mod tests {
             session_name: "s".into(),
             duration_seconds,
             web_identity_token: Secret::new("token".into()),
+            scope: Default::default(),
         }
     }
 

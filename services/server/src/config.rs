@@ -19,7 +19,12 @@
 //! | `aws.sts_timeout_ms` | `3000` | one `AssumeRoleWithWebIdentity`, retries and fallback regions included |
 //! | `aws.fallback_regions` | `[]` | regions tried in order when the primary fails with a retryable error |
 //! | `aws.fallback_sts_endpoints` | regional endpoints | one endpoint override per fallback region |
-//! | `policy.file` | required | the policy table; relative to the config file's folder |
+//! | `policy.file` | required unless `[store]` | the policy table, read only (reloaded on SIGHUP); relative to the config file's folder |
+//! | `store.schema` | `public` | PostgreSQL schema for the tables (created if missing) |
+//! | `store.url` | none | the policy table in SQL instead: `sqlite://PATH` (relative to the config file's folder) or `postgres://USER@HOST/DB`; excludes `policy.file` |
+//! | `policy_admin.listen` | none: no admin API | `tokenbridge.v1.PolicyAdmin` listener (see [`crate::policy_admin`]) |
+//! | `policy_admin.audiences` | required with `[policy_admin]` | accepted `aud` of admin callers' ID tokens; none may be an exchange audience |
+//! | `policy_admin.principals` | required with `[policy_admin]` | who may call it: unique IDs or (verified) emails |
 //! | `cache.enabled` | `true` | cache credentials per (sub, role, duration) |
 //! | `cache.max_entries` | `100000` | most credentials cached |
 //! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
@@ -71,8 +76,12 @@ pub struct Config {
     pub google: GoogleConfig,
     /// `[aws]`.
     pub aws: AwsConfig,
-    /// `[policy]`: where the policy table comes from.
-    pub policy_file: PathBuf,
+    /// `[policy] file`: the read-only policy file, unless `[store]` is set.
+    pub policy_file: Option<PathBuf>,
+    /// `[store]`: the SQL policy store, instead of a policy file.
+    pub store: Option<StoreConfig>,
+    /// `[policy_admin]`: the policy admin API, if enabled.
+    pub policy_admin: Option<PolicyAdminConfig>,
     /// `[cache]`: the credentials cache.
     pub cache: CacheConfig,
     /// `[limits]`: what callers may ask of the service.
@@ -85,6 +94,38 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[telemetry]`: traces.
     pub telemetry: TelemetryConfig,
+}
+
+/// `[store]`: the SQL policy store.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (absolute once loaded) or `postgres://…`. May hold a
+    /// password: `Debug` prints only the scheme.
+    pub url: String,
+    /// PostgreSQL: the schema holding the tables (default: `public`).
+    pub schema: Option<String>,
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = self.url.split_once("://").map_or("?", |(s, _)| s);
+        f.debug_struct("StoreConfig")
+            .field("url", &format_args!("{scheme}://** redacted **"))
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+/// `[policy_admin]`: the `PolicyAdmin` gRPC listener and who may call it.
+#[derive(Debug, Clone)]
+pub struct PolicyAdminConfig {
+    /// Address of its listener (plaintext gRPC; bind it to loopback or a
+    /// private address, or put a TLS-terminating proxy in front).
+    pub listen: SocketAddr,
+    /// Accepted `aud` values of admin tokens.
+    pub audiences: Vec<String>,
+    /// Unique IDs or emails allowed to call.
+    pub principals: Vec<String>,
 }
 
 /// `[server]`.
@@ -146,7 +187,9 @@ struct RawConfig {
     server: RawServer,
     google: RawGoogle,
     aws: RawAws,
-    policy: RawPolicyRef,
+    policy: Option<RawPolicyRef>,
+    store: Option<RawStore>,
+    policy_admin: Option<RawPolicyAdmin>,
     #[serde(default)]
     cache: RawCache,
     #[serde(default)]
@@ -248,7 +291,22 @@ struct RawAws {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPolicyRef {
-    file: Spanned<String>,
+    file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Spanned<String>,
+    schema: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicyAdmin {
+    listen: Spanned<String>,
+    audiences: Spanned<Vec<Spanned<String>>>,
+    principals: Spanned<Vec<Spanned<String>>>,
 }
 
 impl Config {
@@ -376,11 +434,27 @@ impl Config {
             100..=60_000,
         );
 
-        let policy_rel = raw.policy.file.get_ref();
-        if policy_rel.trim().is_empty() {
-            problems.at(raw.policy.file.span(), "policy.file: a path is required");
+        let base = path.parent().unwrap_or(Path::new(""));
+        let file_ref = raw.policy.as_ref().and_then(|p| p.file.as_ref());
+        let policy_file = file_ref.map(|f| {
+            if f.get_ref().trim().is_empty() {
+                problems.at(f.span(), "policy.file: a path is required");
+            }
+            base.join(f.get_ref())
+        });
+        let store = raw.store.as_ref().map(|s| store(&mut problems, s, base));
+        match (&raw.store, file_ref) {
+            (None, None) => problems.whole(
+                "policy.file: required (or configure the policy store: [store] url = \"sqlite://policy.db\")",
+            ),
+            (Some(s), Some(_)) => problems.at(
+                s.url.span(),
+                "store.url: give either [store] or policy.file, not both: the file is the \
+                 read-only source; to move its bindings into the store, use \
+                 `tokenbridge-admin apply -f FILE`",
+            ),
+            _ => {}
         }
-        let policy_file = path.parent().unwrap_or(Path::new("")).join(policy_rel);
 
         let c = &raw.cache;
         let defaults = CacheConfig::default();
@@ -454,6 +528,10 @@ impl Config {
         });
 
         let admin = admin(&mut problems, &raw.admin, listen);
+        let policy_admin = raw
+            .policy_admin
+            .as_ref()
+            .map(|p| policy_admin(&mut problems, p, &[Some(listen), admin.listen], &audiences));
         let audit = audit(&mut problems, &raw.audit, path);
         let telemetry = telemetry(&mut problems, &raw.telemetry);
 
@@ -481,6 +559,8 @@ impl Config {
                 fallback_regions,
             },
             policy_file,
+            store,
+            policy_admin,
             cache,
             limits,
             tls,
@@ -518,6 +598,116 @@ fn admin(problems: &mut Problems<'_>, a: &RawAdmin, grpc_listen: SocketAddr) -> 
     };
     AdminConfig {
         listen: Some(listen),
+    }
+}
+
+fn store(problems: &mut Problems<'_>, s: &RawStore, base: &Path) -> StoreConfig {
+    let url = s.url.get_ref().trim();
+    let url = if let Some(file) = url.strip_prefix("sqlite://") {
+        if file.is_empty() {
+            problems.at(s.url.span(), "store.url: sqlite:// needs a file path");
+        }
+        format!("sqlite://{}", base.join(file).display())
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        url.to_string()
+    } else {
+        // The value may hold a password: say what it starts with, no more.
+        problems.at(
+            s.url.span(),
+            "store.url: use sqlite://PATH or postgres://USER@HOST/DATABASE",
+        );
+        String::new()
+    };
+    let schema = s.schema.as_ref().map(|v| {
+        let name = v.get_ref();
+        let ok = (1..=40).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !name.starts_with("pg_");
+        if !ok {
+            problems.at(
+                v.span(),
+                format!(
+                    "store.schema: `{name}` is not a plain schema name (1 to 40 of a-z 0-9 _, \
+                     starting with a letter or _, not pg_)"
+                ),
+            );
+        }
+        name.clone()
+    });
+    StoreConfig { url, schema }
+}
+
+fn policy_admin(
+    problems: &mut Problems<'_>,
+    p: &RawPolicyAdmin,
+    taken: &[Option<SocketAddr>],
+    exchange_audiences: &[String],
+) -> PolicyAdminConfig {
+    let listen = match p.listen.get_ref().parse::<SocketAddr>() {
+        Ok(addr) => {
+            if addr.port() != 0 && taken.contains(&Some(addr)) {
+                problems.at(
+                    p.listen.span(),
+                    "policy_admin.listen: must differ from server.listen and admin.listen",
+                );
+            }
+            addr
+        }
+        Err(_) => {
+            problems.at(
+                p.listen.span(),
+                format!(
+                    "policy_admin.listen: `{}` is not an IP address and port such as 127.0.0.1:50052",
+                    p.listen.get_ref()
+                ),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        }
+    };
+    let audiences = strings(problems, "policy_admin.audiences", &p.audiences);
+    if p.audiences.get_ref().is_empty() {
+        problems.at(
+            p.audiences.span(),
+            "policy_admin.audiences: at least one audience is required",
+        );
+    }
+    for a in p.audiences.get_ref() {
+        if exchange_audiences.contains(a.get_ref()) {
+            problems.at(
+                a.span(),
+                format!(
+                    "policy_admin.audiences: `{}` is also an exchange audience (google.audiences): \
+                     every workload's exchange token would then pass as an admin token's audience",
+                    a.get_ref()
+                ),
+            );
+        }
+    }
+    let principals = strings(problems, "policy_admin.principals", &p.principals);
+    if p.principals.get_ref().is_empty() {
+        problems.at(
+            p.principals.span(),
+            "policy_admin.principals: at least one principal is required",
+        );
+    }
+    for v in p.principals.get_ref() {
+        if crate::bindings::classify_service_account(v.get_ref()).is_none() {
+            problems.at(
+                v.span(),
+                format!(
+                    "policy_admin.principals: `{}` is neither a unique ID (digits) nor an email",
+                    v.get_ref()
+                ),
+            );
+        }
+    }
+    PolicyAdminConfig {
+        listen,
+        audiences,
+        principals,
     }
 }
 
@@ -889,7 +1079,94 @@ file = "policy.toml"
         assert_eq!(c.google.jwks_uri, DEFAULT_JWKS_URI);
         assert_eq!(c.google.issuers, DEFAULT_ISSUERS);
         assert_eq!(c.aws.sts_timeout, Duration::from_millis(3000));
-        assert_eq!(c.policy_file, Path::new("/etc/tb/policy.toml"));
+        assert_eq!(
+            c.policy_file.as_deref(),
+            Some(Path::new("/etc/tb/policy.toml"))
+        );
+        assert!(c.store.is_none() && c.policy_admin.is_none());
+    }
+
+    /// GOOD without its `[policy]` table.
+    fn without_policy() -> String {
+        GOOD.replace("[policy]\nfile = \"policy.toml\"\n", "")
+    }
+
+    #[test]
+    fn store_and_policy_admin_parse() {
+        let src = format!(
+            "{}\n[store]\nurl = \"sqlite://data/policy.db\"\n\n[policy_admin]\n\
+             listen = \"127.0.0.1:50052\"\naudiences = [\"https://admin.example.com\"]\n\
+             principals = [\"ops@p.iam.gserviceaccount.com\", \"123456\"]\n",
+            without_policy()
+        );
+        let c = Config::from_toml_str(&src, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(c.policy_file, None);
+        let store = c.store.unwrap();
+        assert_eq!(store.url, "sqlite:///etc/tb/data/policy.db");
+        let admin = c.policy_admin.unwrap();
+        assert_eq!(admin.listen.port(), 50052);
+        assert_eq!(admin.principals.len(), 2);
+
+        let pg = format!(
+            "{}\n[store]\nurl = \"postgres://tb:hunter2@db/tb\"\nschema = \"tokenbridge\"\n",
+            without_policy()
+        );
+        let c = Config::from_toml_str(&pg, Path::new("/etc/tb/config.toml")).unwrap();
+        let shown = format!("{:?}", c.store);
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://"), "{shown}");
+        assert_eq!(c.store.unwrap().schema.as_deref(), Some("tokenbridge"));
+    }
+
+    #[test]
+    fn bad_store_and_policy_admin_keys_are_problems_with_lines() {
+        let problems = |src: &str| {
+            Config::from_toml_str(src, Path::new("c.toml"))
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // Neither source, and both.
+        let none = problems(&without_policy());
+        assert!(none.contains("policy.file: required"), "{none}");
+        let both = problems(&format!("{GOOD}\n[store]\nurl = \"sqlite://p.db\"\n"));
+        assert!(both.contains("c.toml:16: store.url: give either"), "{both}");
+        // A URL of another kind, with a password that must not be echoed.
+        let odd = problems(&format!(
+            "{}\n[store]\nurl = \"mysql://u:s3cret@h/db\"\n",
+            without_policy()
+        ));
+        assert!(odd.contains("store.url: use sqlite://PATH"), "{odd}");
+        assert!(!odd.contains("s3cret"), "{odd}");
+        let schema = problems(&format!(
+            "{}\n[store]\nurl = \"postgres://h/db\"\nschema = \"Bad-Name\"\n",
+            without_policy()
+        ));
+        assert!(schema.contains("store.schema: `Bad-Name`"), "{schema}");
+        // The admin API: an exchange audience, a bad principal, clashing ports.
+        let admin = problems(&format!(
+            "{GOOD}\n[policy_admin]\nlisten = \"127.0.0.1:50051\"\n\
+             audiences = [\"https://tokenbridge.example.com\"]\nprincipals = [\"not a principal\"]\n"
+        ));
+        assert!(
+            admin.contains("c.toml:16: policy_admin.listen: must differ"),
+            "{admin}"
+        );
+        assert!(
+            admin.contains("c.toml:17: policy_admin.audiences: `https://tokenbridge.example.com` is also an exchange audience"),
+            "{admin}"
+        );
+        assert!(
+            admin.contains("c.toml:18: policy_admin.principals: `not a principal`"),
+            "{admin}"
+        );
+        let empty = problems(&format!(
+            "{GOOD}\n[policy_admin]\nlisten = \"127.0.0.1:50052\"\naudiences = []\nprincipals = []\n"
+        ));
+        assert!(empty.contains("at least one audience"), "{empty}");
+        assert!(empty.contains("at least one principal"), "{empty}");
     }
 
     #[test]

@@ -8,14 +8,32 @@ use arc_swap::ArcSwap;
 use tracing::{debug, debug_span, field::Empty, instrument};
 
 use crate::{
+    bindings::{Caller, ComputeEngine, Decision, PolicySnapshot, Refusal},
     cache::{CacheKey, CredentialCache},
     error::Error,
     jwt::{Claims, VerifiedToken, Verifier, VerifyError},
     limits::RateLimits,
-    policy::{self, Denied, Grant, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS, Policy, Principal},
+    policy::{self, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS},
     secret::Secret,
     sts::{AssumeRoleRequest, BoxFuture, Credentials, session_name},
 };
+
+/// The caller as the policy sees it: `sub`, email, and the GCE claims of a
+/// `format=full` token (which binding conditions test).
+pub fn caller_of(claims: &Claims) -> Caller {
+    Caller {
+        sub: claims.sub.clone(),
+        email: claims.email.clone(),
+        email_verified: claims.email_verified,
+        compute_engine: claims.gce.as_deref().map(|g| ComputeEngine {
+            project_id: g.project_id.clone(),
+            project_number: g.project_number.map(|n| n.to_string()),
+            zone: g.zone.clone(),
+            instance_name: g.instance_name.clone(),
+            instance_id: g.instance_id.clone(),
+        }),
+    }
+}
 
 /// Verifies ID tokens.
 pub trait VerifyToken: Send + Sync {
@@ -55,8 +73,9 @@ pub struct Facts {
     pub claims: Option<Claims>,
     /// The role the policy allows the caller.
     pub role_arn: Option<String>,
-    /// The bindings that grant it, and the durations they allow.
-    pub grant: Option<Arc<Grant>>,
+    /// The decision: the bindings that grant the role, the durations they
+    /// allow, the session scoping.
+    pub decision: Option<Decision>,
     /// The credentials' lifetime asked of STS.
     pub duration_seconds: Option<u32>,
     /// The session name given to STS.
@@ -66,7 +85,8 @@ pub struct Facts {
 /// The exchange service's core.
 pub struct Exchange {
     verifier: Arc<dyn VerifyToken>,
-    policy: ArcSwap<Policy>,
+    policy: ArcSwap<PolicySnapshot>,
+    revision: tokio::sync::watch::Sender<u64>,
     credentials: CredentialCache,
     rate_limits: Option<Arc<RateLimits>>,
 }
@@ -75,11 +95,12 @@ impl Exchange {
     /// Wires the three steps together; STS is reached through `credentials`.
     pub fn new(
         verifier: Arc<dyn VerifyToken>,
-        policy: Policy,
+        policy: PolicySnapshot,
         credentials: CredentialCache,
     ) -> Self {
         Self {
             verifier,
+            revision: tokio::sync::watch::Sender::new(policy.revision),
             policy: ArcSwap::from_pointee(policy),
             credentials,
             rate_limits: None,
@@ -92,9 +113,28 @@ impl Exchange {
         self
     }
 
-    /// Replaces the policy table; the next request is decided by the new one.
-    pub fn set_policy(&self, policy: Policy) {
+    /// Replaces the policy table; the next request is decided by the new one
+    /// (whatever is cached: the decision precedes the credentials cache).
+    pub fn set_policy(&self, policy: PolicySnapshot) {
+        let revision = policy.revision;
         self.policy.store(Arc::new(policy));
+        self.revision.send_replace(revision);
+    }
+
+    /// The store revision of the policy in force, as it changes (0 for a
+    /// policy file). For tests and readiness: await a revision, no polling.
+    pub fn policy_revisions(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// The policy table in force.
+    pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.policy.load_full()
+    }
+
+    /// The token verifier.
+    pub fn verifier(&self) -> &Arc<dyn VerifyToken> {
+        &self.verifier
     }
 
     /// The credentials cache.
@@ -139,47 +179,27 @@ impl Exchange {
             )));
         }
 
-        let who = Principal {
-            sub: &claims.sub,
-            verified_email: claims.verified_email(),
-        };
-        let allowed = {
+        let caller = caller_of(claims);
+        let decision = {
             let span = debug_span!("policy_decision", allowed = Empty, bindings = Empty).entered();
-            let allowed = self.policy.load().decide(who, &req.role_arn);
-            span.record("allowed", allowed.is_ok());
-            if let Ok(a) = &allowed {
-                span.record("bindings", tracing::field::debug(&a.grant.bindings));
+            let decision = self.policy.load().decide(&caller, &req.role_arn);
+            span.record("allowed", decision.is_ok());
+            if let Ok(d) = &decision {
+                span.record("bindings", tracing::field::debug(&d.bindings));
             }
-            allowed
+            decision
         };
-        let allowed = allowed.map_err(|denied| match denied {
-            Denied::NoRoles => Error::PermissionDenied(format!(
-                "no binding grants any role to service account {}",
-                who.describe()
-            )),
-            Denied::RoleNotGranted => Error::PermissionDenied(format!(
-                "no binding grants role {} to service account {}",
-                req.role_arn,
-                who.describe()
-            )),
-            Denied::Ambiguous(roles) => Error::InvalidArgument(format!(
-                "role_arn is empty but service account {} may assume {} roles ({}); name one",
-                who.describe(),
-                roles.len(),
-                roles.join(", ")
-            )),
-        })?;
-        tracing::Span::current().record("role_arn", allowed.role_arn.as_str());
-        facts.role_arn = Some(allowed.role_arn.clone());
-        facts.grant = Some(allowed.grant.clone());
+        let decision = decision.map_err(|refusal| refused(refusal, &caller, &req.role_arn))?;
+        tracing::Span::current().record("role_arn", decision.role_arn.as_str());
+        let decision = &*facts.decision.insert(decision);
+        facts.role_arn = Some(decision.role_arn.clone());
 
-        let grant = &allowed.grant;
         let duration = match requested {
-            0 => grant.default_duration_seconds,
-            d if d > grant.max_duration_seconds => {
+            0 => decision.default_duration_seconds,
+            d if d > decision.max_duration_seconds => {
                 return Err(Error::InvalidArgument(format!(
                     "duration_seconds {d} is above the maximum of {} seconds that the policy allows for role {}",
-                    grant.max_duration_seconds, allowed.role_arn
+                    decision.max_duration_seconds, decision.role_arn
                 )));
             }
             d => d,
@@ -190,22 +210,24 @@ impl Exchange {
         facts.role_session_name = Some(role_session_name.clone());
         let key = CacheKey {
             subject: claims.sub.clone(),
-            role_arn: allowed.role_arn.clone(),
+            role_arn: decision.role_arn.clone(),
             duration_seconds: duration,
+            scope: decision.scope.clone(),
         };
         let request = AssumeRoleRequest {
-            role_arn: allowed.role_arn.clone(),
+            role_arn: decision.role_arn.clone(),
             session_name: role_session_name.clone(),
             duration_seconds: duration,
             web_identity_token: token,
+            scope: decision.scope.clone(),
         };
         let credentials = self.credentials.get(key, request).await?;
         // Per-exchange records belong to the audit log; at fleet rates an
         // info line per call would cost more than the exchange itself.
         debug!(
             sub = %claims.sub,
-            role_arn = %allowed.role_arn,
-            bindings = ?grant.bindings,
+            role_arn = %decision.role_arn,
+            bindings = ?decision.bindings,
             duration_seconds = duration,
             access_key_id = %credentials.access_key_id,
             sts_request_id = credentials.request_id.as_deref().unwrap_or("-"),
@@ -215,5 +237,46 @@ impl Exchange {
             credentials,
             role_session_name,
         })
+    }
+}
+
+/// The status a refusal gets, with a message that names the service account
+/// and the role but never the token.
+fn refused(refusal: Refusal, caller: &Caller, role_arn: &str) -> Error {
+    // As in every refusal: the unique ID, and the email only if verified.
+    let who = match caller.email.as_deref().filter(|_| caller.email_verified) {
+        Some(email) => format!("{} ({email})", caller.sub),
+        None => caller.sub.clone(),
+    };
+    match refusal {
+        Refusal::ServiceAccountDenied => Error::PermissionDenied(format!(
+            "service account {who} is on the deny list; ask the platform team"
+        )),
+        Refusal::NoRoles => Error::PermissionDenied(format!(
+            "no binding grants any role to service account {who}"
+        )),
+        Refusal::RoleNotGranted => Error::PermissionDenied(format!(
+            "no binding grants role {role_arn} to service account {who}"
+        )),
+        Refusal::ConditionsNotMet { bindings } => Error::PermissionDenied(format!(
+            "service account {who} does not meet the conditions of the bindings that grant {} ({}): \
+             they require a format=full token from a matching GCE VM",
+            if role_arn.is_empty() {
+                "its role"
+            } else {
+                role_arn
+            },
+            bindings.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+        Refusal::ConflictingScopes { bindings } => Error::PermissionDenied(format!(
+            "bindings {} grant role {role_arn} to service account {who} with different session \
+             policies, and tokenbridge cannot combine them; the platform team must reconcile them",
+            bindings.into_iter().collect::<Vec<_>>().join(", ")
+        )),
+        Refusal::Ambiguous(roles) => Error::InvalidArgument(format!(
+            "role_arn is empty but service account {who} may assume {} roles ({}); name one",
+            roles.len(),
+            roles.join(", ")
+        )),
     }
 }

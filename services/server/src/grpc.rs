@@ -321,7 +321,7 @@ fn header_list_size(metadata: &MetadataMap) -> usize {
 }
 
 /// The token from `authorization: Bearer <token>`.
-fn bearer_token(metadata: &MetadataMap) -> Result<Secret<String>, Error> {
+pub(crate) fn bearer_token(metadata: &MetadataMap) -> Result<Secret<String>, Error> {
     let mut values = metadata.get_all("authorization").iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return Err(Error::MissingToken(

@@ -7,7 +7,11 @@
 //!   single mapping from [`Error`] to gRPC status codes.
 //! * [`exchange`]: verify → policy → STS, free of transport types.
 //! * [`jwt`] and [`jwks`]: ID token verification and Google's keys.
-//! * [`policy`]: the policy table and its hash indexes.
+//! * [`policy`]: the policy table and its hash indexes; [`bindings`]: the
+//!   full bindings (conditions, session policies, the deny list) and the
+//!   decision over them; [`store`]: bindings in SQLite or PostgreSQL;
+//!   [`policy_admin`]: the `PolicyAdmin` gRPC service; [`trust`]: IAM trust
+//!   policies for bindings.
 //! * [`sts`]: `AssumeRoleWithWebIdentity` through `aws-sdk-sts`.
 //! * [`config`] and [`diag`]: the config file and problems with file and line.
 //! * [`limits`]: rate limits (per peer, per subject), concurrency, deadline
@@ -36,6 +40,7 @@ pub mod jwt;
 pub mod limits;
 pub mod metrics;
 pub mod policy;
+pub mod policy_admin;
 pub mod secret;
 pub mod store;
 pub mod sts;
@@ -43,6 +48,7 @@ pub mod telemetry;
 pub mod tls;
 pub mod trust;
 
+pub use bindings::PolicySnapshot;
 pub use config::Config;
 pub use error::Error;
 pub use policy::Policy;
@@ -51,9 +57,10 @@ use std::path::Path;
 
 use diag::Problem;
 
-/// Loads the config at `path` and the policy it names, returning every
-/// problem found in either (and in the TLS files it names, if any).
-pub fn load(path: &Path) -> Result<(Config, Policy), Vec<Problem>> {
+/// Loads the config at `path` and the policy file it names, returning every
+/// problem found in either (and in the TLS files it names, if any). With
+/// `[store]` the policy is empty here: [`app::start`] loads it from the store.
+pub fn load(path: &Path) -> Result<(Config, PolicySnapshot), Vec<Problem>> {
     let config = Config::load(path)?;
     let tls = config.tls.as_ref().and_then(|t| {
         tls::load(t).err().map(|e| Problem {
@@ -62,7 +69,10 @@ pub fn load(path: &Path) -> Result<(Config, Policy), Vec<Problem>> {
             reason: e.to_string(),
         })
     });
-    let policy = Policy::load(&config.policy_file);
+    let policy = match &config.policy_file {
+        Some(file) => PolicySnapshot::load(file),
+        None => Ok(PolicySnapshot::default()),
+    };
     match (policy, tls) {
         (Ok(policy), None) => Ok((config, policy)),
         (Ok(_), Some(problem)) => Err(vec![problem]),

@@ -42,12 +42,21 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match tokenbridge_server::load(&config) {
             Ok((cfg, policy)) => {
-                println!(
-                    "{}: ok ({} bindings in {})",
-                    config.display(),
-                    policy.binding_count(),
-                    cfg.policy_file.display()
-                );
+                match (&cfg.policy_file, &cfg.store) {
+                    (Some(file), _) => println!(
+                        "{}: ok ({} bindings in {})",
+                        config.display(),
+                        policy.binding_count(),
+                        file.display()
+                    ),
+                    // The store is not contacted: `check` reads files only.
+                    (None, Some(store)) => println!(
+                        "{}: ok (policy in the {} store, not contacted by check)",
+                        config.display(),
+                        store.url.split_once("://").map_or("?", |(s, _)| s)
+                    ),
+                    (None, None) => println!("{}: ok", config.display()),
+                }
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -104,7 +113,10 @@ fn main() -> ExitCode {
 }
 
 /// Listens, serves until SIGTERM or SIGINT, and drains.
-async fn serve(cfg: tokenbridge_server::Config, policy: tokenbridge_server::Policy) -> ExitCode {
+async fn serve(
+    cfg: tokenbridge_server::Config,
+    policy: tokenbridge_server::PolicySnapshot,
+) -> ExitCode {
     let addr = cfg.server.listen;
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -126,7 +138,9 @@ async fn serve(cfg: tokenbridge_server::Config, policy: tokenbridge_server::Poli
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    signals.wait_for_shutdown(&running, &policy_file).await;
+    signals
+        .wait_for_shutdown(&running, policy_file.as_deref())
+        .await;
     match running.stop().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -153,13 +167,14 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the policy file (a
-    /// file with problems is refused whole: the problems are logged and the
-    /// current policy stays) and the TLS files (likewise).
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads the policy file, if
+    /// the policy comes from one (a file with problems is refused whole: the
+    /// problems are logged and the current policy stays), and the TLS files
+    /// (likewise). A policy store is followed without a signal.
     async fn wait_for_shutdown(
         mut self,
         running: &tokenbridge_server::app::Running,
-        policy_file: &std::path::Path,
+        policy_file: Option<&std::path::Path>,
     ) {
         loop {
             tokio::select! {
@@ -169,7 +184,8 @@ impl Signals {
                     if let Some(tls) = running.tls() {
                         tls.reload();
                     }
-                    match tokenbridge_server::Policy::load(policy_file) {
+                    let Some(policy_file) = policy_file else { continue };
+                    match tokenbridge_server::PolicySnapshot::load(policy_file) {
                     Ok(policy) => {
                         let bindings = policy.binding_count();
                         // In force first, then said: the log line means it applies.

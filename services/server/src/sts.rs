@@ -22,11 +22,14 @@ use aws_sdk_sts::{
     config::{BehaviorVersion, Region},
     error::{ProvideErrorMetadata as _, SdkError},
     operation::{RequestId as _, assume_role_with_web_identity::AssumeRoleWithWebIdentityError},
+    types::PolicyDescriptorType,
 };
 use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
 use tracing::{field::Empty, info, warn};
 
-use crate::{config::AwsConfig, metrics::Metrics, policy::shorten, secret::Secret};
+use crate::{
+    bindings::SessionScope, config::AwsConfig, metrics::Metrics, policy::shorten, secret::Secret,
+};
 
 /// A boxed, sendable future.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -42,6 +45,8 @@ pub struct AssumeRoleRequest {
     pub duration_seconds: u32,
     /// The caller's own Google ID token.
     pub web_identity_token: Secret<String>,
+    /// Session policies (`Policy`, `PolicyArns`) scoping the role down.
+    pub scope: SessionScope,
 }
 
 /// Temporary credentials from STS.
@@ -250,6 +255,14 @@ impl Sts {
             .role_session_name(&req.session_name)
             .duration_seconds(i32::try_from(req.duration_seconds).unwrap_or(i32::MAX))
             .web_identity_token(token)
+            .set_policy(req.scope.session_policy.clone())
+            .set_policy_arns((!req.scope.managed_policy_arns.is_empty()).then(|| {
+                req.scope
+                    .managed_policy_arns
+                    .iter()
+                    .map(|arn| PolicyDescriptorType::builder().arn(arn).build())
+                    .collect()
+            }))
             .send()
             .await
             .map_err(|e| map_sdk_error(e, token))?;

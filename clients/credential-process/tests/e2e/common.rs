@@ -8,7 +8,7 @@ use std::{
 };
 
 use tokenbridge_server::{
-    Config, Policy,
+    Config, PolicySnapshot,
     app::{self, Running},
 };
 use tokenbridge_testing::{Issuer, JwksServer, MetadataServer, Moto, ServiceAccount};
@@ -80,7 +80,7 @@ role_arns = ["{ROLE}"]
 "#
         );
         let config = Config::from_toml_str(&config, Path::new("config.toml")).unwrap();
-        let policy = Policy::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
+        let policy = PolicySnapshot::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
         let server = app::start(config, policy).await.unwrap();
         let endpoint = format!("http://{}", server.addr);
         wait_serving(&endpoint).await;

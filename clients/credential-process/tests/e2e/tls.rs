@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use tokenbridge_server::{Config, Policy, app};
+use tokenbridge_server::{Config, PolicySnapshot, app};
 use tokenbridge_testing::{Issuer, JwksServer, MetadataServer, Moto, Pki};
 
 use crate::common::*;
@@ -54,7 +54,7 @@ client_ca_file = "{ca}"
         "[[binding]]\nname = \"workload\"\nservice_accounts = [\"{WORKLOAD_ID}\"]\nrole_arns = [\"{ROLE}\"]\n"
     );
     let config = Config::from_toml_str(&config, &dir.path().join("config.toml")).unwrap();
-    let policy = Policy::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
+    let policy = PolicySnapshot::from_toml_str(&policy, Path::new("policy.toml")).unwrap();
     let server = app::start(config, policy).await.unwrap();
     let endpoint = format!("https://localhost:{}", server.tls_addr.unwrap().port());
 

@@ -521,7 +521,7 @@ zones = ["us-[x"]
     assert_eq!(problems.len(), 1);
     let shown = problems[0].to_string();
     assert!(
-        shown.starts_with("p.toml:7: binding `bad-glob`: field conditions.zones[0]: invalid glob"),
+        shown.starts_with("p.toml:12: binding `bad-glob`: field conditions.zones[0]: invalid glob"),
         "{shown}"
     );
 
@@ -781,5 +781,40 @@ fn snapshot_refuses_invalid_bindings() {
             .to_string()
             .starts_with("policy store: binding `a`: field name"),
         "{problems:?}"
+    );
+}
+
+#[test]
+fn problems_in_a_policy_file_point_at_the_field_line() {
+    let src = r#"[[binding]]
+name = "ok"
+service_accounts = ["1"]
+role_arns = ["arn:aws:iam::111122223333:role/R"]
+
+[[binding]]
+name = "vm"
+service_accounts = [
+  "2",
+]
+role_arns = ["arn:aws:iam::111122223333:role/R"]
+conditions = { project_ids = ["p"], zones = ["us-[central"] }
+managed_policy_arns = ["nope"]
+"#;
+    let problems = from_toml_str(src, Path::new("p.toml")).unwrap_err();
+    let lines: Vec<(Option<usize>, String)> = problems
+        .iter()
+        .map(|p| (p.line, p.reason.clone()))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|(l, r)| *l == Some(12) && r.contains("conditions.zones")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|(l, r)| *l == Some(13) && r.contains("managed_policy_arns")),
+        "{lines:?}"
     );
 }

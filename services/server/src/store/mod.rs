@@ -470,13 +470,29 @@ pub enum Store {
 }
 
 impl Store {
+    /// `sqlite` or `postgres`, for logs.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
     /// Opens the store at `url` and brings its schema up to date.
     /// `sqlite://PATH` (created if missing) or `postgres://USER@HOST/DB`.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Self::open_in(url, None).await
+    }
+
+    /// [`open`](Self::open), with PostgreSQL's tables in `schema` (created
+    /// if missing; ignored for SQLite).
+    pub async fn open_in(url: &str, schema: Option<&str>) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(
-                PgStore::open(url, PgOptions::default()).await?,
-            ))
+            let options = PgOptions {
+                schema: schema.map(str::to_string),
+                ..PgOptions::default()
+            };
+            Ok(Store::Postgres(PgStore::open(url, options).await?))
         } else if let Some(path) = url.strip_prefix("sqlite://") {
             Ok(Store::Sqlite(
                 SqliteStore::open(Path::new(path), SqliteOptions::default()).await?,

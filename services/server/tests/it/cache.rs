@@ -1,7 +1,7 @@
 //! The credentials cache through the whole service: one STS call per
 //! identity and role, and the policy decided before the cache every time.
 
-use tokenbridge_server::Policy;
+use tokenbridge_server::PolicySnapshot;
 use tokenbridge_testing::{FakeSts, FakeStsMode};
 use tonic::Code;
 
@@ -90,7 +90,7 @@ async fn removing_a_binding_denies_at_once_even_with_credentials_cached() {
         .as_ref()
         .unwrap()
         .exchange()
-        .set_policy(Policy::from_toml_str(&without, "p.toml".as_ref()).unwrap());
+        .set_policy(PolicySnapshot::from_toml_str(&without, "p.toml".as_ref()).unwrap());
     assert_status(
         env.call(&token, ROLE_A, 0).await,
         Code::PermissionDenied,

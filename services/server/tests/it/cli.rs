@@ -80,6 +80,31 @@ fn check_accepts_the_sample_config() {
     assert!(stdout.contains("ok (2 bindings"), "{stdout}");
 }
 
+/// Every config that ships in `deploy/` (the GKE base and overlays, Cloud
+/// Run) is one the server accepts, with the policy beside it.
+#[test]
+fn check_accepts_every_deployment_config() {
+    for config in [
+        "deploy/gke/base/config.toml",
+        "deploy/gke/overlays/dev/config.toml",
+        "deploy/gke/overlays/prod/config.toml",
+        "deploy/cloudrun/config/config.toml",
+    ] {
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(workspace_root().join(config))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{config}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains(": ok ("), "{config}: {stdout}");
+    }
+}
+
 #[test]
 fn check_reports_every_config_and_policy_problem_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -149,10 +174,12 @@ fn check_reports_every_config_and_policy_problem_with_file_and_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{stderr}");
     for expected in [
-        format!("{file}:3: binding `a`: `bob` is neither"),
-        format!("{file}:4: binding `a`: `arn:aws:iam::1:role/x` is not an IAM role ARN"),
-        format!("{file}:7: binding name `a` is already used on line 2"),
-        format!("{file}:10: binding `a`: max_duration_seconds 99999"),
+        format!("{file}:3: binding `a`: field service_accounts[0]: `bob` is neither"),
+        format!(
+            "{file}:4: binding `a`: field role_arns[0]: `arn:aws:iam::1:role/x` is not an IAM role ARN"
+        ),
+        format!("{file}:7: binding `a`: field name: `a` is already used by binding #1"),
+        format!("{file}:10: binding `a`: field max_duration_seconds: 99999 is outside 900..=43200"),
     ] {
         assert!(
             stderr.contains(&expected),

@@ -6,12 +6,15 @@ use tokenbridge_proto::v1::{
     GetCredentialsRequest, GetCredentialsResponse, token_exchange_client::TokenExchangeClient,
 };
 use tokenbridge_server::{
-    Policy,
+    PolicySnapshot,
     admin::AdminConfig,
     app::{self, Running},
     audit::{AuditConfig, AuditSink},
     cache::CacheConfig,
-    config::{AwsConfig, Config, DEFAULT_ISSUERS, FallbackRegion, GoogleConfig, ServerConfig},
+    config::{
+        AwsConfig, Config, DEFAULT_ISSUERS, FallbackRegion, GoogleConfig, PolicyAdminConfig,
+        ServerConfig, StoreConfig,
+    },
     limits::LimitsConfig,
     telemetry::TelemetryConfig,
     tls::TlsConfig,
@@ -93,6 +96,10 @@ pub struct Options {
     pub fallback_regions: Vec<FallbackRegion>,
     /// Where audit records go: `/dev/null` unless a test reads them.
     pub audit: AuditConfig,
+    /// The policy store instead of `policy` (which is then ignored).
+    pub store: Option<StoreConfig>,
+    /// The policy admin API.
+    pub policy_admin: Option<PolicyAdminConfig>,
 }
 
 impl Default for Options {
@@ -115,6 +122,8 @@ impl Default for Options {
                 sink: AuditSink::File("/dev/null".into()),
                 gcp_project_id: None,
             },
+            store: None,
+            policy_admin: None,
         }
     }
 }
@@ -140,7 +149,9 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
             sts_timeout: opts.sts_timeout,
             fallback_regions: opts.fallback_regions.clone(),
         },
-        policy_file: PathBuf::from("policy.toml"),
+        policy_file: opts.store.is_none().then(|| PathBuf::from("policy.toml")),
+        store: opts.store.clone(),
+        policy_admin: opts.policy_admin.clone(),
         cache: opts.cache.clone(),
         limits: opts.limits.clone(),
         tls: opts.tls.clone(),
@@ -181,7 +192,7 @@ impl Env {
         };
         let jwks_uri = opts.jwks_uri.clone().unwrap_or_else(|| jwks.uri());
         let cfg = config(jwks_uri, sts, &opts);
-        let policy = Policy::from_toml_str(&opts.policy, "policy.toml".as_ref()).unwrap();
+        let policy = PolicySnapshot::from_toml_str(&opts.policy, "policy.toml".as_ref()).unwrap();
         let server = app::start(cfg, policy).await.unwrap();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
             .unwrap()

@@ -14,6 +14,7 @@ mod exchange;
 mod observability;
 mod outage;
 mod policy;
+mod policy_admin;
 mod tls;
 mod traces;
 mod verification;

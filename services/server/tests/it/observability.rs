@@ -575,7 +575,8 @@ async fn an_audit_file_that_cannot_be_opened_stops_the_start() {
     let jwks_uri = "http://127.0.0.1:1/certs".to_string();
     let cfg = config(jwks_uri, "http://127.0.0.1:1".into(), &opts);
     let policy =
-        tokenbridge_server::Policy::from_toml_str(&opts.policy, "policy.toml".as_ref()).unwrap();
+        tokenbridge_server::PolicySnapshot::from_toml_str(&opts.policy, "policy.toml".as_ref())
+            .unwrap();
     match tokenbridge_server::app::start(cfg, policy).await {
         Err(AppError::Audit(e)) => {
             assert!(e.to_string().contains("missing/dir/audit.jsonl"), "{e}")

@@ -1,0 +1,948 @@
+//! `tokenbridge.v1.PolicyAdmin`: the platform team's API for the policy
+//! table, served on its own listener (`[policy_admin] listen`).
+//!
+//! * **Who may call.** Every call carries a Google ID token
+//!   (`authorization: Bearer <token>`), verified exactly like an exchange
+//!   caller's (same keys, issuers, clock rules) but for the admin audiences
+//!   (`policy_admin.audiences`, which must differ from the exchange's, so a
+//!   workload's exchange token is never an admin token). The caller's unique
+//!   ID or verified email must be in `policy_admin.principals`. No or a bad
+//!   token: UNAUTHENTICATED; a principal not listed: PERMISSION_DENIED.
+//! * **Where bindings live.** With `[store]` the service reads and writes the
+//!   SQL store; every write is one transaction with its audit row (who,
+//!   when, what, before and after: `ListAudit`). With the read-only
+//!   `[policy] file`, it answers reads and `Explain` from the file as loaded
+//!   and refuses writes with FAILED_PRECONDITION (change the file, reload).
+//! * **What every call leaves.** One `tokenbridge.admin` line in the audit
+//!   log (method, actor, target, outcome), refusals included.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use tokenbridge_proto::v1::{self as pb, policy_admin_server::PolicyAdmin};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use tracing::{error, warn};
+
+use crate::{
+    audit::{AdminEntry, AuditLog},
+    bindings::{
+        Binding, Caller, ComputeEngine, Conditions, Outcome, PolicySnapshot, Violation,
+        classify_service_account, validate_set,
+    },
+    error::{Error, RETRY_UPSTREAM},
+    exchange::{Exchange, VerifyToken},
+    grpc::{bearer_token, code_name},
+    policy::check_role_arn,
+    store::{
+        AuditEntry, AuditQuery, DeniedServiceAccount, MAX_PAGE_SIZE, PolicyStore, Store,
+        StoreError, StoredBinding, load_snapshot,
+    },
+};
+
+/// Who may call the admin API: a verifier for the admin audiences and the
+/// listed principals.
+pub struct AdminAccess {
+    verifier: Arc<dyn VerifyToken>,
+    principals: HashSet<String>,
+}
+
+impl AdminAccess {
+    /// `verifier` checks tokens for the admin audiences; `principals` are
+    /// unique IDs or emails (compared without regard to case).
+    pub fn new(verifier: Arc<dyn VerifyToken>, principals: &[String]) -> Self {
+        Self {
+            verifier,
+            principals: principals.iter().map(|p| p.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// The caller's name for the audit trail (its verified email, else its
+    /// unique ID), if it may call; the status to answer otherwise.
+    async fn authorize(&self, metadata: &MetadataMap) -> Result<String, Status> {
+        let token = bearer_token(metadata)?;
+        let verified = self.verifier.verify(token).await.map_err(Error::from)?;
+        let claims = verified.claims;
+        let email = claims.verified_email().map(str::to_ascii_lowercase);
+        let listed = self.principals.contains(&claims.sub)
+            || email.as_ref().is_some_and(|e| self.principals.contains(e));
+        if !listed {
+            let who = match &email {
+                Some(e) => format!("{} ({e})", claims.sub),
+                None => claims.sub.clone(),
+            };
+            return Err(Status::permission_denied(format!(
+                "{who} may not administer the policy: it is not in policy_admin.principals"
+            )));
+        }
+        Ok(email.unwrap_or(claims.sub))
+    }
+}
+
+/// The methods that change the store.
+const WRITES: [&str; 6] = [
+    "CreateBinding",
+    "UpdateBinding",
+    "DeleteBinding",
+    "ApplyBindings",
+    "DenyServiceAccount",
+    "AllowServiceAccount",
+];
+
+/// Where the bindings come from.
+#[derive(Clone)]
+pub enum PolicySource {
+    /// The SQL store: read and write.
+    Store(Store),
+    /// The policy file: read only. Reads come from the exchange's snapshot.
+    File(PathBuf),
+}
+
+/// The `PolicyAdmin` service.
+pub struct PolicyAdminService {
+    access: AdminAccess,
+    source: PolicySource,
+    exchange: Arc<Exchange>,
+    exchange_verifier: Arc<dyn VerifyToken>,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl PolicyAdminService {
+    /// `exchange_verifier` verifies the tokens `Explain` is given (the
+    /// exchange's audiences); `exchange` holds the policy in force.
+    pub fn new(
+        access: AdminAccess,
+        source: PolicySource,
+        exchange: Arc<Exchange>,
+        exchange_verifier: Arc<dyn VerifyToken>,
+    ) -> Self {
+        Self {
+            access,
+            source,
+            exchange,
+            exchange_verifier,
+            audit: None,
+        }
+    }
+
+    /// Writes one `tokenbridge.admin` line per call to `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    fn store(&self) -> Result<&Store, Status> {
+        match &self.source {
+            PolicySource::Store(store) => Ok(store),
+            PolicySource::File(path) => Err(Status::failed_precondition(format!(
+                "the policy is read from the file {} and is read-only here: change the file and \
+                 reload (SIGHUP), or configure [store] to administer it through this API",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The policy as the store holds it now, or as the file was loaded.
+    async fn snapshot(&self) -> Result<Arc<PolicySnapshot>, Status> {
+        match &self.source {
+            PolicySource::Store(store) => {
+                Ok(Arc::new(load_snapshot(store).await.map_err(store_status)?))
+            }
+            PolicySource::File(_) => Ok(self.exchange.snapshot()),
+        }
+    }
+
+    /// After a successful write: puts the store's policy in force on this
+    /// replica before answering, so the writer's next exchange already sees
+    /// it (other replicas follow the store within about a second).
+    async fn refresh(&self) {
+        let PolicySource::Store(store) = &self.source else {
+            return;
+        };
+        match load_snapshot(store).await {
+            Ok(snapshot) if snapshot.revision > self.exchange.snapshot().revision => {
+                self.exchange.set_policy(snapshot);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot reload the policy after an admin write"),
+        }
+    }
+
+    /// Authorises the call, runs `body`, and audits the outcome.
+    async fn call<T, R, F>(
+        &self,
+        method: &'static str,
+        request: Request<T>,
+        target: impl FnOnce(&T) -> String,
+        body: impl FnOnce(String, T) -> F,
+    ) -> Result<Response<R>, Status>
+    where
+        F: Future<Output = Result<R, Status>>,
+    {
+        let started = Instant::now();
+        let peer = request.remote_addr();
+        let (metadata, _, message) = request.into_parts();
+        let target = target(&message);
+        let (actor, result) = match self.access.authorize(&metadata).await {
+            Ok(actor) => {
+                let result = body(actor.clone(), message).await;
+                if result.is_ok() && WRITES.contains(&method) {
+                    self.refresh().await;
+                }
+                (Some(actor), result)
+            }
+            Err(status) => (None, Err(status)),
+        };
+        self.record(method, actor.as_deref(), &target, &result, peer, started)
+            .await;
+        result.map(Response::new)
+    }
+
+    async fn record<R>(
+        &self,
+        method: &'static str,
+        actor: Option<&str>,
+        target: &str,
+        result: &Result<R, Status>,
+        peer: Option<SocketAddr>,
+        started: Instant,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        let (code, reason) = match result {
+            Ok(_) => (Code::Ok, ""),
+            Err(status) => (status.code(), status.message()),
+        };
+        let entry = AdminEntry {
+            method,
+            actor,
+            target,
+            code: code_name(code),
+            reason,
+            peer,
+            elapsed: started.elapsed(),
+        };
+        if !audit.write_admin(&entry).await {
+            warn!(method, "the audit log could not record an admin call");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyAdmin for PolicyAdminService {
+    async fn list_bindings(
+        &self,
+        request: Request<pb::ListBindingsRequest>,
+    ) -> Result<Response<pb::ListBindingsResponse>, Status> {
+        self.call(
+            "ListBindings",
+            request,
+            |_| String::new(),
+            |_, req| async move {
+                let limit = page_size(req.page_size)?;
+                let after = page_after_name(&req.page_token)?;
+                let mut page: Vec<pb::Binding> = match &self.source {
+                    PolicySource::Store(store) => store
+                        .list_bindings(&after, limit + 1)
+                        .await
+                        .map_err(store_status)?
+                        .into_iter()
+                        .map(stored_to_pb)
+                        .collect(),
+                    PolicySource::File(_) => {
+                        let snapshot = self.exchange.snapshot();
+                        snapshot
+                            .bindings()
+                            .filter(|b| b.name.as_str() > after.as_str())
+                            .take(limit as usize + 1)
+                            .map(|b| binding_to_pb(b.clone()))
+                            .collect()
+                    }
+                };
+                let next_page_token = if page.len() > limit as usize {
+                    page.truncate(limit as usize);
+                    page.last().map(|b| b.name.clone()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(pb::ListBindingsResponse {
+                    bindings: page,
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn get_binding(
+        &self,
+        request: Request<pb::GetBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        self.call(
+            "GetBinding",
+            request,
+            |r| r.name.clone(),
+            |_, req| async move {
+                match &self.source {
+                    PolicySource::Store(store) => store
+                        .get_binding(&req.name)
+                        .await
+                        .map(stored_to_pb)
+                        .map_err(store_status),
+                    PolicySource::File(_) => self
+                        .exchange
+                        .snapshot()
+                        .binding(&req.name)
+                        .map(|b| binding_to_pb(b.clone()))
+                        .ok_or_else(|| {
+                            Status::not_found(format!("binding `{}` not found", req.name))
+                        }),
+                }
+            },
+        )
+        .await
+    }
+
+    async fn create_binding(
+        &self,
+        request: Request<pb::CreateBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        self.call(
+            "CreateBinding",
+            request,
+            |r| {
+                r.binding
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default()
+            },
+            |actor, req| async move {
+                let store = self.store()?;
+                let binding = required_binding(req.binding)?;
+                store
+                    .create_binding(&actor, binding)
+                    .await
+                    .map(stored_to_pb)
+                    .map_err(store_status)
+            },
+        )
+        .await
+    }
+
+    async fn update_binding(
+        &self,
+        request: Request<pb::UpdateBindingRequest>,
+    ) -> Result<Response<pb::Binding>, Status> {
+        self.call(
+            "UpdateBinding",
+            request,
+            |r| {
+                r.binding
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default()
+            },
+            |actor, req| async move {
+                let store = self.store()?;
+                let etag = req
+                    .binding
+                    .as_ref()
+                    .map(|b| b.etag.clone())
+                    .unwrap_or_default();
+                let binding = required_binding(req.binding)?;
+                if etag.is_empty() {
+                    return Err(field_status(
+                        &binding.name,
+                        "etag",
+                        "required: send the etag of the binding as last read",
+                    ));
+                }
+                store
+                    .update_binding(&actor, binding, &etag)
+                    .await
+                    .map(stored_to_pb)
+                    .map_err(store_status)
+            },
+        )
+        .await
+    }
+
+    async fn delete_binding(
+        &self,
+        request: Request<pb::DeleteBindingRequest>,
+    ) -> Result<Response<pb::DeleteBindingResponse>, Status> {
+        self.call(
+            "DeleteBinding",
+            request,
+            |r| r.name.clone(),
+            |actor, req| async move {
+                let store = self.store()?;
+                if req.etag.is_empty() {
+                    return Err(field_status(
+                        &req.name,
+                        "etag",
+                        "required: send the etag of the binding as last read",
+                    ));
+                }
+                store
+                    .delete_binding(&actor, &req.name, &req.etag)
+                    .await
+                    .map_err(store_status)?;
+                Ok(pb::DeleteBindingResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn apply_bindings(
+        &self,
+        request: Request<pb::ApplyBindingsRequest>,
+    ) -> Result<Response<pb::ApplyBindingsResponse>, Status> {
+        self.call(
+            "ApplyBindings",
+            request,
+            |_| String::new(),
+            |actor, req| async move {
+                let store = self.store()?;
+                let bindings: Vec<Binding> = req.bindings.into_iter().map(pb_to_binding).collect();
+                let report = store
+                    .apply(&actor, bindings, req.prune, req.dry_run)
+                    .await
+                    .map_err(store_status)?;
+                Ok(pb::ApplyBindingsResponse {
+                    created: report.created,
+                    updated: report.updated,
+                    deleted: report.deleted,
+                    unchanged: report.unchanged,
+                    applied: !req.dry_run,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        self.call(
+            "Explain",
+            request,
+            |r| r.role_arn.clone(),
+            |_, req| async move {
+                if !req.role_arn.is_empty() {
+                    check_role_arn(&req.role_arn)
+                        .map_err(|why| Status::invalid_argument(format!("role_arn: {why}")))?;
+                }
+                let caller = match (req.token.is_empty(), req.claims) {
+                    (false, None) => {
+                        let token = crate::secret::Secret::new(req.token);
+                        let verified = self
+                            .exchange_verifier
+                            .verify(token)
+                            .await
+                            .map_err(|e| Status::from(Error::from(e)))?;
+                        crate::exchange::caller_of(&verified.claims)
+                    }
+                    (true, Some(claims)) => pb_to_caller(claims)?,
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "send exactly one of `token` (a Google ID token) and `claims`",
+                        ));
+                    }
+                };
+                let snapshot = self.snapshot().await?;
+                let explanation = snapshot.explain(&caller, &req.role_arn);
+                let mut response = pb::ExplainResponse {
+                    allowed: explanation.decision.is_ok(),
+                    service_account_denied: explanation.denied,
+                    claims: Some(caller_to_pb(&caller)),
+                    bindings: explanation
+                        .evaluations
+                        .into_iter()
+                        .map(|e| pb::BindingEvaluation {
+                            binding: e.binding,
+                            outcome: outcome_to_pb(e.outcome) as i32,
+                            details: e.details,
+                        })
+                        .collect(),
+                    ..Default::default()
+                };
+                match explanation.decision {
+                    Ok(d) => {
+                        response.reason = format!(
+                            "allowed by {}",
+                            d.bindings.iter().cloned().collect::<Vec<_>>().join(", ")
+                        );
+                        response.role_arn = d.role_arn;
+                        response.max_duration_seconds = d.max_duration_seconds;
+                        response.default_duration_seconds = d.default_duration_seconds;
+                        response.session_policy = d.scope.session_policy.unwrap_or_default();
+                        response.managed_policy_arns = d.scope.managed_policy_arns;
+                    }
+                    Err(refusal) => response.reason = refusal.to_string(),
+                }
+                Ok(response)
+            },
+        )
+        .await
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        self.call(
+            "Validate",
+            request,
+            |_| String::new(),
+            |_, req| async move {
+                let bindings: Vec<Binding> = req.bindings.into_iter().map(pb_to_binding).collect();
+                let violations: Vec<pb::FieldViolation> = validate_set(&bindings)
+                    .into_iter()
+                    .map(|v| pb::FieldViolation {
+                        binding: v.binding,
+                        field: v.error.field,
+                        description: v.error.reason,
+                    })
+                    .collect();
+                Ok(pb::ValidateResponse {
+                    valid: violations.is_empty(),
+                    violations,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.call(
+            "ListAudit",
+            request,
+            |r| r.target.clone(),
+            |_, req| async move {
+                let store = self.store()?;
+                let limit = page_size(req.page_size)?;
+                let before_id = if req.page_token.is_empty() {
+                    None
+                } else {
+                    Some(req.page_token.parse::<u64>().map_err(|_| {
+                        Status::invalid_argument("page_token is not one this service returned")
+                    })?)
+                };
+                let mut entries = store
+                    .list_audit(AuditQuery {
+                        target: (!req.target.is_empty()).then_some(req.target),
+                        before_id,
+                        limit: limit + 1,
+                    })
+                    .await
+                    .map_err(store_status)?;
+                let next_page_token = if entries.len() > limit as usize {
+                    entries.truncate(limit as usize);
+                    entries.last().map(|e| e.id.to_string()).unwrap_or_default()
+                } else {
+                    String::new()
+                };
+                Ok(pb::ListAuditResponse {
+                    entries: entries.into_iter().map(audit_to_pb).collect(),
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn deny_service_account(
+        &self,
+        request: Request<pb::DenyServiceAccountRequest>,
+    ) -> Result<Response<pb::DeniedServiceAccount>, Status> {
+        self.call(
+            "DenyServiceAccount",
+            request,
+            |r| r.service_account.clone(),
+            |actor, req| async move {
+                let store = self.store()?;
+                check_service_account(&req.service_account)?;
+                store
+                    .deny(&actor, &req.service_account, &req.reason)
+                    .await
+                    .map(denied_to_pb)
+                    .map_err(store_status)
+            },
+        )
+        .await
+    }
+
+    async fn allow_service_account(
+        &self,
+        request: Request<pb::AllowServiceAccountRequest>,
+    ) -> Result<Response<pb::AllowServiceAccountResponse>, Status> {
+        self.call(
+            "AllowServiceAccount",
+            request,
+            |r| r.service_account.clone(),
+            |actor, req| async move {
+                let store = self.store()?;
+                check_service_account(&req.service_account)?;
+                store
+                    .allow(&actor, &req.service_account)
+                    .await
+                    .map_err(store_status)?;
+                Ok(pb::AllowServiceAccountResponse {})
+            },
+        )
+        .await
+    }
+
+    async fn list_denied(
+        &self,
+        request: Request<pb::ListDeniedRequest>,
+    ) -> Result<Response<pb::ListDeniedResponse>, Status> {
+        self.call(
+            "ListDenied",
+            request,
+            |_| String::new(),
+            |_, _| async move {
+                let denied = match &self.source {
+                    PolicySource::Store(store) => {
+                        store.list_denied().await.map_err(store_status)?
+                    }
+                    PolicySource::File(_) => Vec::new(),
+                };
+                Ok(pb::ListDeniedResponse {
+                    denied: denied.into_iter().map(denied_to_pb).collect(),
+                })
+            },
+        )
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statuses.
+
+/// The status for a store error: the contract's code, a message that names
+/// what was wrong, and for INVALID_ARGUMENT the field violations as
+/// `google.rpc.BadRequest` details. Failures of the store itself are logged
+/// in full and answered UNAVAILABLE without the database's words.
+pub fn store_status(err: StoreError) -> Status {
+    match err {
+        StoreError::Invalid(violations) => invalid_status(&violations),
+        StoreError::NotFound { .. } => Status::not_found(err.to_string()),
+        StoreError::AlreadyExists { .. } => Status::already_exists(err.to_string()),
+        StoreError::Conflict { .. } => Status::aborted(format!(
+            "{err}: read the binding again, re-apply your change and retry"
+        )),
+        StoreError::Unavailable(ref source) => {
+            warn!(error = %source, "policy store unavailable");
+            Status::with_error_details(
+                Code::Unavailable,
+                "policy store unavailable; retry shortly",
+                ErrorDetails::with_retry_info(Some(RETRY_UPSTREAM)),
+            )
+        }
+        other => {
+            error!(error = %other, source = ?std::error::Error::source(&other), "policy store failure");
+            Status::unavailable(format!("{other}; see the server log"))
+        }
+    }
+}
+
+fn invalid_status(violations: &[Violation]) -> Status {
+    let message = violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut details = ErrorDetails::new();
+    for v in violations {
+        let field = if v.binding.is_empty() {
+            v.error.field.clone()
+        } else {
+            format!("binding[{}].{}", v.binding, v.error.field)
+        };
+        details.add_bad_request_violation(field, v.error.reason.clone());
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+fn field_status(binding: &str, field: &str, reason: &str) -> Status {
+    invalid_status(&[Violation {
+        index: 0,
+        binding: binding.to_string(),
+        error: crate::bindings::FieldError {
+            field: field.to_string(),
+            reason: reason.to_string(),
+        },
+    }])
+}
+
+fn page_size(requested: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(100),
+        n if n <= MAX_PAGE_SIZE => Ok(n),
+        n => Err(Status::invalid_argument(format!(
+            "page_size {n} is above the maximum of {MAX_PAGE_SIZE}"
+        ))),
+    }
+}
+
+/// A list page token is the last binding name of the previous page.
+fn page_after_name(token: &str) -> Result<String, Status> {
+    if token.len() > 128 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(
+            "page_token is not one this service returned",
+        ));
+    }
+    Ok(token.to_string())
+}
+
+fn required_binding(binding: Option<pb::Binding>) -> Result<Binding, Status> {
+    binding
+        .map(pb_to_binding)
+        .ok_or_else(|| field_status("", "binding", "required"))
+}
+
+fn check_service_account(sa: &str) -> Result<(), Status> {
+    if classify_service_account(sa).is_none() {
+        return Err(field_status(
+            "",
+            "service_account",
+            "not a service account unique ID (digits) or email",
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Conversions between the wire and the model.
+
+/// A binding from the wire. Empty strings and lists mean "unset".
+pub fn pb_to_binding(b: pb::Binding) -> Binding {
+    let c = b.conditions.unwrap_or_default();
+    Binding {
+        name: b.name,
+        service_accounts: b.service_accounts,
+        role_arns: b.role_arns,
+        max_duration_seconds: b.max_duration_seconds,
+        default_duration_seconds: b.default_duration_seconds,
+        conditions: Conditions {
+            project_ids: c.project_ids,
+            project_numbers: c.project_numbers,
+            zones: c.zones,
+            instance_names: c.instance_names,
+        },
+        session_policy: (!b.session_policy.is_empty()).then_some(b.session_policy),
+        managed_policy_arns: b.managed_policy_arns,
+    }
+}
+
+/// A binding for the wire, without etag and times.
+pub fn binding_to_pb(b: Binding) -> pb::Binding {
+    let conditions = (!b.conditions.is_empty()).then_some(pb::Conditions {
+        project_ids: b.conditions.project_ids,
+        project_numbers: b.conditions.project_numbers,
+        zones: b.conditions.zones,
+        instance_names: b.conditions.instance_names,
+    });
+    pb::Binding {
+        name: b.name,
+        service_accounts: b.service_accounts,
+        role_arns: b.role_arns,
+        max_duration_seconds: b.max_duration_seconds,
+        default_duration_seconds: b.default_duration_seconds,
+        conditions,
+        session_policy: b.session_policy.unwrap_or_default(),
+        managed_policy_arns: b.managed_policy_arns,
+        etag: String::new(),
+        create_time: None,
+        update_time: None,
+    }
+}
+
+fn stored_to_pb(s: StoredBinding) -> pb::Binding {
+    pb::Binding {
+        etag: s.etag,
+        create_time: Some(timestamp(s.created_at)),
+        update_time: Some(timestamp(s.updated_at)),
+        ..binding_to_pb(s.binding)
+    }
+}
+
+fn denied_to_pb(d: DeniedServiceAccount) -> pb::DeniedServiceAccount {
+    pb::DeniedServiceAccount {
+        service_account: d.service_account,
+        reason: d.reason,
+        actor: d.actor,
+        create_time: Some(timestamp(d.created_at)),
+    }
+}
+
+fn audit_to_pb(e: AuditEntry) -> pb::AuditEntry {
+    pb::AuditEntry {
+        id: e.id,
+        time: Some(timestamp(e.at)),
+        actor: e.actor,
+        action: e.action.as_str().to_string(),
+        target: e.target,
+        before_json: e.before.unwrap_or_default(),
+        after_json: e.after.unwrap_or_default(),
+        revision: e.revision,
+    }
+}
+
+fn timestamp(t: SystemTime) -> prost_types::Timestamp {
+    prost_types::Timestamp::from(t)
+}
+
+fn outcome_to_pb(o: Outcome) -> pb::binding_evaluation::Outcome {
+    use pb::binding_evaluation::Outcome as P;
+    match o {
+        Outcome::Matched => P::Matched,
+        Outcome::ServiceAccountNotListed => P::ServiceAccountNotListed,
+        Outcome::RoleNotListed => P::RoleNotListed,
+        Outcome::ConditionNotMet => P::ConditionNotMet,
+    }
+}
+
+fn pb_to_caller(c: pb::Claims) -> Result<Caller, Status> {
+    if c.sub.is_empty() {
+        return Err(field_status("", "claims.sub", "required"));
+    }
+    let gce = c.compute_engine.map(|g| {
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        ComputeEngine {
+            project_id: opt(g.project_id),
+            project_number: opt(g.project_number),
+            zone: opt(g.zone),
+            instance_name: opt(g.instance_name),
+            instance_id: opt(g.instance_id),
+        }
+    });
+    Ok(Caller {
+        sub: c.sub,
+        email: (!c.email.is_empty()).then_some(c.email),
+        email_verified: c.email_verified,
+        compute_engine: gce,
+    })
+}
+
+fn caller_to_pb(c: &Caller) -> pb::Claims {
+    pb::Claims {
+        sub: c.sub.clone(),
+        email: c.email.clone().unwrap_or_default(),
+        email_verified: c.email_verified,
+        compute_engine: c.compute_engine.as_ref().map(|g| pb::ComputeEngineClaims {
+            project_id: g.project_id.clone().unwrap_or_default(),
+            project_number: g.project_number.clone().unwrap_or_default(),
+            zone: g.zone.clone().unwrap_or_default(),
+            instance_name: g.instance_name.clone().unwrap_or_default(),
+            instance_id: g.instance_id.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_bindings_round_trip() {
+        let b = Binding {
+            name: "b".into(),
+            service_accounts: vec!["112233".into()],
+            role_arns: vec!["arn:aws:iam::111122223333:role/R".into()],
+            max_duration_seconds: Some(7200),
+            default_duration_seconds: None,
+            conditions: Conditions {
+                zones: vec!["us-*".into()],
+                ..Conditions::default()
+            },
+            session_policy: Some("{}".into()),
+            managed_policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
+        };
+        assert_eq!(pb_to_binding(binding_to_pb(b.clone())), b);
+        let plain = Binding {
+            name: "p".into(),
+            ..Binding::default()
+        };
+        let wire = binding_to_pb(plain.clone());
+        assert!(wire.conditions.is_none());
+        assert_eq!(pb_to_binding(wire), plain);
+    }
+
+    #[test]
+    fn store_errors_get_the_documented_codes() {
+        let conflict = store_status(StoreError::Conflict {
+            name: "b".into(),
+            given: "1".into(),
+            current: "2".into(),
+        });
+        assert_eq!(conflict.code(), Code::Aborted);
+        assert!(conflict.message().contains("read the binding again"));
+        assert_eq!(
+            store_status(StoreError::NotFound {
+                what: "binding `x`".into()
+            })
+            .code(),
+            Code::NotFound
+        );
+        assert_eq!(
+            store_status(StoreError::AlreadyExists { name: "x".into() }).code(),
+            Code::AlreadyExists
+        );
+        let invalid = field_status("b", "session_policy", "over 2048 characters");
+        assert_eq!(invalid.code(), Code::InvalidArgument);
+        assert!(
+            invalid.message().contains("session_policy"),
+            "{}",
+            invalid.message()
+        );
+        let details = invalid.get_error_details();
+        let bad = details.bad_request().expect("BadRequest details");
+        assert_eq!(bad.field_violations[0].field, "binding[b].session_policy");
+        let unavailable = store_status(StoreError::WatchClosed);
+        assert_eq!(unavailable.code(), Code::Unavailable);
+    }
+
+    #[test]
+    fn page_sizes_and_tokens_are_checked() {
+        assert_eq!(page_size(0).unwrap(), 100);
+        assert_eq!(page_size(7).unwrap(), 7);
+        assert_eq!(
+            page_size(MAX_PAGE_SIZE + 1).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        assert!(page_after_name("team-a").is_ok());
+        assert_eq!(
+            page_after_name("bad token\u{0}").unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn explain_claims_need_a_subject() {
+        let err = pb_to_caller(pb::Claims::default()).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let caller = pb_to_caller(pb::Claims {
+            sub: "1".into(),
+            compute_engine: Some(pb::ComputeEngineClaims {
+                zone: "us-east1-b".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap();
+        let gce = caller.compute_engine.unwrap();
+        assert_eq!(gce.zone.as_deref(), Some("us-east1-b"));
+        assert_eq!(gce.project_id, None);
+    }
+}
