@@ -70,6 +70,23 @@ struct Connection {
     /// Trust this CA (PEM) for an https:// endpoint.
     #[arg(long, env = "TOKENBRIDGE_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
+    /// Present this client certificate (PEM) when the listener asks for
+    /// one (mutual TLS); with --client-key.
+    #[arg(
+        long,
+        env = "TOKENBRIDGE_CLIENT_CERT",
+        global = true,
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "TOKENBRIDGE_CLIENT_KEY",
+        global = true,
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Give up on a call after this many seconds.
     #[arg(long, default_value_t = 30, global = true)]
     timeout_seconds: u64,
@@ -262,6 +279,9 @@ impl Admin {
             .with_request_timeout(Duration::from_secs(conn.timeout_seconds));
         if let Some(ca) = &conn.ca_file {
             config = config.with_ca_file(ca);
+        }
+        if let (Some(cert), Some(key)) = (&conn.client_cert, &conn.client_key) {
+            config = config.with_client_identity(cert, key);
         }
         let endpoint: Endpoint = config
             .tonic_endpoint()

@@ -393,14 +393,26 @@ impl Service {
         let policy_admin_addr = policy_admin_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok());
+        let admin_tls = self
+            .config
+            .policy_admin
+            .as_ref()
+            .is_some_and(|p| p.tls)
+            .then(|| self.tls.clone())
+            .flatten();
         let policy_admin_task = policy_admin_listener.zip(policy_admin).map(|(l, svc)| {
             AbortOnDrop(tokio::spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .add_service(
-                        tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
-                    )
-                    .serve_with_incoming(tcp_incoming(l))
-                    .await;
+                let router = tonic::transport::Server::builder().add_service(
+                    tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
+                );
+                let served = match admin_tls {
+                    Some(t) => {
+                        router
+                            .serve_with_incoming(tls::tls_only(tcp_incoming(l), t))
+                            .await
+                    }
+                    None => router.serve_with_incoming(tcp_incoming(l)).await,
+                };
                 if let Err(e) = served {
                     warn!(error = %e, "policy admin listener failed");
                 }

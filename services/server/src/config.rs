@@ -25,6 +25,7 @@
 //! | `policy_admin.listen` | none: no admin API | `tokenbridge.v1.PolicyAdmin` listener (see [`crate::policy_admin`]) |
 //! | `policy_admin.audiences` | required with `[policy_admin]` | accepted `aud` of admin callers' ID tokens; none may be an exchange audience |
 //! | `policy_admin.principals` | required with `[policy_admin]` | who may call it: unique IDs or (verified) emails |
+//! | `policy_admin.tls` | `false` | serve it over TLS with the `[tls]` certificate, key and client CA |
 //! | `cache.enabled` | `true` | cache credentials per (sub, role, duration) |
 //! | `cache.max_entries` | `100000` | most credentials cached |
 //! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
@@ -126,6 +127,9 @@ pub struct PolicyAdminConfig {
     pub audiences: Vec<String>,
     /// Unique IDs or emails allowed to call.
     pub principals: Vec<String>,
+    /// Serve TLS (the `[tls]` certificate, key and client CA) instead of
+    /// plaintext.
+    pub tls: bool,
 }
 
 /// `[server]`.
@@ -307,6 +311,7 @@ struct RawPolicyAdmin {
     listen: Spanned<String>,
     audiences: Spanned<Vec<Spanned<String>>>,
     principals: Spanned<Vec<Spanned<String>>>,
+    tls: Option<Spanned<bool>>,
 }
 
 impl Config {
@@ -532,6 +537,15 @@ impl Config {
             .policy_admin
             .as_ref()
             .map(|p| policy_admin(&mut problems, p, &[Some(listen), admin.listen], &audiences));
+        if let Some(v) = raw.policy_admin.as_ref().and_then(|p| p.tls.as_ref())
+            && *v.get_ref()
+            && raw.tls.is_none()
+        {
+            problems.at(
+                v.span(),
+                "policy_admin.tls: needs the [tls] section (its certificate and key serve this listener too)",
+            );
+        }
         let audit = audit(&mut problems, &raw.audit, path);
         let telemetry = telemetry(&mut problems, &raw.telemetry);
 
@@ -708,6 +722,7 @@ fn policy_admin(
         listen,
         audiences,
         principals,
+        tls: p.tls.as_ref().is_some_and(|v| *v.get_ref()),
     }
 }
 

@@ -398,6 +398,18 @@ pub fn incoming(
     plain.merge(ReceiverStream::new(rx))
 }
 
+/// TLS connections only, from `listener` (the policy admin listener with
+/// `policy_admin.tls`): the same certificate, key, client CA and reloads as
+/// the TLS listener.
+pub fn tls_only(
+    listener: TcpIncoming,
+    reloader: Arc<TlsReloader>,
+) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_tls(listener, reloader, tx));
+    ReceiverStream::new(rx)
+}
+
 async fn accept_tls(
     incoming: TcpIncoming,
     reloader: Arc<TlsReloader>,

@@ -43,6 +43,7 @@ fn admin_config() -> PolicyAdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         audiences: vec![ADMIN_AUDIENCE.into()],
         principals: vec![admin_sa().email],
+        tls: false,
     }
 }
 
@@ -1055,4 +1056,68 @@ async fn every_admin_call_leaves_an_audit_line_refusals_included() {
     assert_no_token(&text, &outsider);
     // No JWT at all (every one starts with the base64 of `{"`).
     assert!(!text.contains("eyJ"), "{text}");
+}
+
+#[tokio::test]
+async fn the_admin_listener_can_serve_tls_only() {
+    use tokenbridge_server::tls::TlsConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tokenbridge_testing::Pki::new("tokenbridge admin test CA");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let env = Env::start_with(Options {
+        tls: Some(TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: cert,
+            key_file: key,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(10),
+        }),
+        policy_admin: Some(PolicyAdminConfig {
+            tls: true,
+            ..admin_config()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let port = env
+        .server
+        .as_ref()
+        .unwrap()
+        .policy_admin_addr
+        .unwrap()
+        .port();
+    let token = env.issuer.token(&admin_sa(), ADMIN_AUDIENCE);
+
+    // Over TLS, trusting the private CA: served.
+    let endpoint = tokenbridge_client::Config::new(format!("https://localhost:{port}"))
+        .with_ca_file(&ca_file)
+        .tonic_endpoint()
+        .unwrap();
+    let channel = within(HANG_GUARD, endpoint.connect()).await.unwrap();
+    let listed = PolicyAdminClient::new(channel)
+        .list_bindings(with_token(pb::ListBindingsRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!listed.bindings.is_empty());
+
+    // Plaintext to the same port: no gRPC answer, so the token never
+    // crosses in the clear.
+    let plain = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5));
+    let refused = within(HANG_GUARD, async {
+        let channel = plain.connect().await?;
+        PolicyAdminClient::new(channel)
+            .list_bindings(with_token(pb::ListBindingsRequest::default(), &token))
+            .await
+            .map(|_| ())
+            .map_err(|s| Box::new(s) as Box<dyn std::error::Error + Send + Sync>)
+    })
+    .await;
+    assert!(refused.is_err(), "plaintext must not be served");
+    env.stop().await;
 }
