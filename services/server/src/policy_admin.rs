@@ -354,13 +354,7 @@ impl PolicyAdmin for PolicyAdminService {
                     .map(|b| b.etag.clone())
                     .unwrap_or_default();
                 let binding = required_binding(req.binding)?;
-                if etag.is_empty() {
-                    return Err(field_status(
-                        &binding.name,
-                        "etag",
-                        "required: send the etag of the binding as last read",
-                    ));
-                }
+                require_etag(&binding.name, &etag)?;
                 store
                     .update_binding(&actor, binding, &etag)
                     .await
@@ -381,13 +375,7 @@ impl PolicyAdmin for PolicyAdminService {
             |r| r.name.clone(),
             |actor, req| async move {
                 let store = self.store()?;
-                if req.etag.is_empty() {
-                    return Err(field_status(
-                        &req.name,
-                        "etag",
-                        "required: send the etag of the binding as last read",
-                    ));
-                }
+                require_etag(&req.name, &req.etag)?;
                 store
                     .delete_binding(&actor, &req.name, &req.etag)
                     .await
@@ -683,6 +671,18 @@ fn field_status(binding: &str, field: &str, reason: &str) -> Status {
             reason: reason.to_string(),
         },
     }])
+}
+
+/// Update and delete must say which version they change.
+fn require_etag(binding: &str, etag: &str) -> Result<(), Status> {
+    if etag.is_empty() {
+        return Err(field_status(
+            binding,
+            "etag",
+            "required: send the etag of the binding as last read",
+        ));
+    }
+    Ok(())
 }
 
 fn page_size(requested: u32) -> Result<u32, Status> {

@@ -428,6 +428,28 @@ async fn bad_bindings_are_invalid_argument_with_the_field_named_and_nothing_half
         assert!(err.message().contains(field), "{field}: {}", err.message());
     }
 
+    // Update and delete without an etag.
+    let no_etag = a
+        .client
+        .clone()
+        .update_binding(a.req(pb::UpdateBindingRequest {
+            binding: Some(binding("good", &caller(), ROLE_B)),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(no_etag.code(), Code::InvalidArgument);
+    assert!(no_etag.message().contains("etag"), "{}", no_etag.message());
+    let no_etag = a
+        .client
+        .clone()
+        .delete_binding(a.req(pb::DeleteBindingRequest {
+            name: "good".into(),
+            etag: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(no_etag.code(), Code::InvalidArgument);
+
     // One bad binding among good ones: the whole apply is refused.
     let mut set: Vec<pb::Binding> = vec![
         binding("good", &caller(), ROLE_B),
