@@ -6,7 +6,8 @@
 //!   an object nor an array, is refused with a "not a JWKS document" message
 //!   (unless all that is wrong is in a member the server ignores: a lone
 //!   surrogate escape or bytes that are not UTF-8 inside a string);
-//!   an object is accepted exactly when its `keys` is an array;
+//!   an object is accepted exactly when it has one `keys` member and that
+//!   is an array;
 //! - the usable keys counted are at most the distinct `kid`s of the entries
 //!   that could be usable (`kty` RSA, a non-empty `kid`, a base64url modulus
 //!   of at least 2048 bits, an odd exponent of at least 3), and at least the
@@ -17,9 +18,12 @@
 #![no_main]
 
 use std::collections::HashSet;
+use std::fmt;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use libfuzzer_sys::fuzz_target;
+use serde::Deserializer as _;
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, json};
 use tokenbridge_server::jwks::{MIN_RSA_BITS, parse_untrusted};
 
@@ -68,9 +72,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let usable = match result {
         Ok(usable) => usable,
-        // serde refuses a second `keys` member; serde_json's `Value` keeps
-        // the last one.
-        Err(message) if message.contains("duplicate field `keys`") => return,
+        // serde_json's `Value` keeps the last of several `keys` members;
+        // serde refuses such a document, with "duplicate field `keys`", or
+        // with "invalid type" when an earlier one is not an array.
+        Err(message) if keys_members(data) > 1 => {
+            assert!(message.starts_with("not a JWKS document"), "{message}");
+            return;
+        }
         Err(message) => panic!("refused an object with a keys array: {message}"),
     };
 
@@ -100,6 +108,29 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parse_untrusted(&body), Ok(usable + 1), "a new good key");
     }
 });
+
+/// How many members named `keys` (after unescaping) the top-level object
+/// in `data` has; 0 if it is not an object.
+fn keys_members(data: &[u8]) -> usize {
+    struct Count;
+    impl<'de> Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<usize, A::Error> {
+            let mut count = 0;
+            while let Some(name) = map.next_key::<String>()? {
+                count += usize::from(name == "keys");
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(count)
+        }
+    }
+    serde_json::Deserializer::from_slice(data)
+        .deserialize_map(Count)
+        .unwrap_or(0)
+}
 
 fn has_magic_member(value: &Value) -> bool {
     match value {
