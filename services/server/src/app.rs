@@ -630,8 +630,7 @@ async fn follow_store(store: Store, exchange: Arc<Exchange>) {
                 match load_snapshot(&store).await {
                     Ok(snapshot) => {
                         let (revision, bindings) = (snapshot.revision, snapshot.binding_count());
-                        if revision != exchange.snapshot().revision {
-                            exchange.set_policy(snapshot);
+                        if exchange.advance_policy(snapshot) {
                             info!(revision, bindings, "policy reloaded from the store");
                         }
                         backoff = new_backoff();

@@ -121,6 +121,27 @@ impl Exchange {
         self.revision.send_replace(revision);
     }
 
+    /// Puts `policy` in force only if it is newer (a higher store revision)
+    /// than the one in force, atomically: two loaders racing (the store
+    /// follower and an admin write) can never put an older policy back.
+    /// Returns whether it did.
+    pub fn advance_policy(&self, policy: PolicySnapshot) -> bool {
+        let revision = policy.revision;
+        let new = Arc::new(policy);
+        let previous = self.policy.rcu(|current| {
+            if revision > current.revision {
+                new.clone()
+            } else {
+                current.clone()
+            }
+        });
+        let advanced = revision > previous.revision;
+        if advanced {
+            self.revision.send_modify(|r| *r = (*r).max(revision));
+        }
+        advanced
+    }
+
     /// The store revision of the policy in force, as it changes (0 for a
     /// policy file). For tests and readiness: await a revision, no polling.
     pub fn policy_revisions(&self) -> tokio::sync::watch::Receiver<u64> {

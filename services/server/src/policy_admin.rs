@@ -165,10 +165,9 @@ impl PolicyAdminService {
             return;
         };
         match load_snapshot(store).await {
-            Ok(snapshot) if snapshot.revision > self.exchange.snapshot().revision => {
-                self.exchange.set_policy(snapshot);
+            Ok(snapshot) => {
+                self.exchange.advance_policy(snapshot);
             }
-            Ok(_) => {}
             Err(e) => warn!(error = %e, "cannot reload the policy after an admin write"),
         }
     }

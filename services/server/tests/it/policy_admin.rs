@@ -1143,3 +1143,22 @@ async fn the_admin_listener_can_serve_tls_only() {
     assert!(refused.is_err(), "plaintext must not be served");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn an_older_store_snapshot_never_replaces_a_newer_one() {
+    use tokenbridge_server::PolicySnapshot;
+    let env = Env::start().await;
+    let exchange = env.server.as_ref().unwrap().exchange().clone();
+    let at = |revision: u64| {
+        PolicySnapshot::build(revision, Vec::new(), Vec::<String>::new(), "store".as_ref()).unwrap()
+    };
+    assert!(exchange.advance_policy(at(7)));
+    // A loader that read revision 5 before revision 7 was written and
+    // finishes after it: ignored.
+    assert!(!exchange.advance_policy(at(5)));
+    assert_eq!(exchange.snapshot().revision, 7);
+    assert_eq!(*exchange.policy_revisions().borrow(), 7);
+    assert!(exchange.advance_policy(at(8)));
+    assert_eq!(exchange.snapshot().revision, 8);
+    env.stop().await;
+}
