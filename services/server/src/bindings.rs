@@ -380,48 +380,15 @@ pub fn check_session_policy(policy: &str) -> Result<(), String> {
 /// Checks an IAM managed policy ARN:
 /// `arn:PARTITION:iam::(ACCOUNT|aws):policy/[PATH/]NAME`.
 pub fn check_managed_policy_arn(arn: &str) -> Result<(), String> {
-    let bad = |why: &str| {
-        Err(format!(
-            "`{}` is not an IAM policy ARN: {why}",
-            shorten(arn)
-        ))
-    };
-    if arn.len() > 2048 {
-        return bad("longer than 2048 characters");
-    }
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return bad("expected arn:aws:iam::ACCOUNT_ID:policy/NAME");
-    };
-    if !partition.starts_with("aws")
-        || !partition
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b == b'-')
-    {
-        return bad("unknown partition");
-    }
-    if account != "aws" && (account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit())) {
-        return bad("the account must be 12 digits, or `aws` for an AWS managed policy");
-    }
-    let Some(path_and_name) = resource.strip_prefix("policy/") else {
-        return bad("the resource must be policy/NAME");
-    };
-    let name = path_and_name.rsplit('/').next().unwrap_or_default();
-    let name_char = |b: u8| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b);
-    if name.is_empty() || name.len() > 128 || !name.bytes().all(name_char) {
-        return bad("the policy name must be 1 to 128 characters of A-Z a-z 0-9 + = , . @ _ -");
-    }
-    if path_and_name.len() > 512 || !path_and_name.bytes().all(|b| name_char(b) || b == b'/') {
-        return bad("the policy path has characters IAM does not allow");
-    }
-    Ok(())
+    crate::policy::check_iam_arn(
+        arn,
+        "policy",
+        128,
+        |account| {
+            account == "aws" || (account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()))
+        },
+        "the account must be 12 digits, or `aws` for an AWS managed policy",
+    )
 }
 
 /// The `google.compute_engine` claim of a `format=full` ID token.

@@ -377,7 +377,37 @@ fn duration(
 /// a role name of 1 to 64 characters from `[A-Za-z0-9+=,.@_-]`, and a path of
 /// the same characters and `/`.
 pub fn check_role_arn(arn: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("`{}` is not an IAM role ARN: {why}", shorten(arn)));
+    check_iam_arn(
+        arn,
+        "role",
+        64,
+        twelve_digits,
+        "the account ID must be 12 digits",
+    )
+}
+
+fn twelve_digits(account: &str) -> bool {
+    account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Checks an IAM ARN `arn:PARTITION:iam::ACCOUNT:KIND/[PATH/]NAME`: the
+/// shape, an `aws*` partition, the account (`account_ok`, else
+/// `account_why`), a name of 1 to `max_name` characters of
+/// `[A-Za-z0-9+=,.@_-]` and a path of those and `/`. Role and managed
+/// policy ARNs differ only in KIND, the name length and the account rule.
+pub(crate) fn check_iam_arn(
+    arn: &str,
+    kind: &str,
+    max_name: usize,
+    account_ok: fn(&str) -> bool,
+    account_why: &str,
+) -> Result<(), String> {
+    let bad = |why: &str| {
+        Err(format!(
+            "`{}` is not an IAM {kind} ARN: {why}",
+            shorten(arn)
+        ))
+    };
     if arn.len() > 2048 {
         return bad("longer than 2048 characters");
     }
@@ -390,7 +420,7 @@ pub fn check_role_arn(arn: &str) -> Result<(), String> {
         parts.next(),
         parts.next(),
     ) else {
-        return bad("expected arn:aws:iam::ACCOUNT_ID:role/NAME");
+        return bad(&format!("expected arn:aws:iam::ACCOUNT_ID:{kind}/NAME"));
     };
     if !partition.starts_with("aws")
         || !partition
@@ -399,19 +429,26 @@ pub fn check_role_arn(arn: &str) -> Result<(), String> {
     {
         return bad("unknown partition");
     }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return bad("the account ID must be 12 digits");
+    if !account_ok(account) {
+        return bad(account_why);
     }
-    let Some(path_and_name) = resource.strip_prefix("role/") else {
-        return bad("the resource must be role/NAME");
+    let Some(path_and_name) = resource
+        .strip_prefix(kind)
+        .and_then(|r| r.strip_prefix('/'))
+    else {
+        return bad(&format!("the resource must be {kind}/NAME"));
     };
     let name = path_and_name.rsplit('/').next().unwrap_or_default();
     let name_char = |b: u8| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b);
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(name_char) {
-        return bad("the role name must be 1 to 64 characters of A-Z a-z 0-9 + = , . @ _ -");
+    if name.is_empty() || name.len() > max_name || !name.bytes().all(name_char) {
+        return bad(&format!(
+            "the {kind} name must be 1 to {max_name} characters of A-Z a-z 0-9 + = , . @ _ -"
+        ));
     }
     if path_and_name.len() > 512 || !path_and_name.bytes().all(|b| name_char(b) || b == b'/') {
-        return bad("the role path has characters IAM does not allow");
+        return bad(&format!(
+            "the {kind} path has characters IAM does not allow"
+        ));
     }
     Ok(())
 }
