@@ -159,6 +159,10 @@ struct Figures {
     sts_calls: Option<u64>,
     server_rss_kib: Option<u64>,
     cold_start_ms: Option<f64>,
+    /// Audit lines the server wrote to its stdout (a pipe the load test
+    /// reads, as a container runtime would), warm-up included; only for a
+    /// server run as a child process.
+    audit_lines: Option<u64>,
     /// With `--report-every`: one entry per interval.
     intervals: Vec<Interval>,
 }
@@ -172,6 +176,70 @@ struct Interval {
     p99_us: u64,
     errors: u64,
     server_rss_kib: Option<u64>,
+    /// The machine's CPU time in the interval: busy (not idle or waiting
+    /// for I/O) and stolen by the hypervisor, in percent of all its CPUs;
+    /// and the server's own, in cores. From `/proc`; absent elsewhere.
+    machine_busy_percent: Option<f64>,
+    steal_percent: Option<f64>,
+    server_cores: Option<f64>,
+}
+
+/// CPU counters read from `/proc` at one instant, in clock ticks.
+#[derive(Clone, Copy)]
+struct CpuSample {
+    total: u64,
+    idle: u64,
+    steal: u64,
+    cpus: u64,
+    server: Option<u64>,
+}
+
+impl CpuSample {
+    fn read(pid: Option<u32>) -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let mut lines = stat.lines();
+        // cpu  user nice system idle iowait irq softirq steal guest guest_nice
+        let ticks: Vec<u64> = lines
+            .next()?
+            .strip_prefix("cpu ")?
+            .split_whitespace()
+            .map(|t| t.parse().ok())
+            .collect::<Option<_>>()?;
+        let cpus = lines.filter(|l| l.starts_with("cpu")).count() as u64;
+        // guest time is already counted in user time.
+        let total = ticks.iter().take(8).sum();
+        let server = pid.and_then(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces):
+            // state is the first; utime and stime are the 12th and 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        });
+        Some(Self {
+            total,
+            idle: ticks.get(3)? + ticks.get(4)?,
+            steal: *ticks.get(7)?,
+            cpus: cpus.max(1),
+            server,
+        })
+    }
+
+    /// (busy %, steal %, server cores) from `earlier` to `self`.
+    fn since(&self, earlier: &Self) -> (f64, f64, Option<f64>) {
+        let total = self.total.saturating_sub(earlier.total).max(1) as f64;
+        let idle = self.idle.saturating_sub(earlier.idle) as f64;
+        let steal = self.steal.saturating_sub(earlier.steal) as f64;
+        let server = self
+            .server
+            .zip(earlier.server)
+            .map(|(now, then)| now.saturating_sub(then) as f64 / (total / self.cpus as f64));
+        (
+            100.0 * (total - idle) / total,
+            100.0 * steal / total,
+            server,
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -275,7 +343,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             )
         };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let (server, addr, cold_start) =
+        let (server, addr, cold_start, audit_reader) =
             start_server(&args, dir.path(), &jwks.uri(), &sts_endpoint, &accounts).await?;
         let channels = connect_all(&addr, args.connections).await?;
 
@@ -325,8 +393,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 calls - calls_before,
             );
         }
-        results.push(figures);
         server.stop().await;
+        if let Some(reader) = audit_reader {
+            // Every answer, warm-up included, has its audit line.
+            let lines = tokio::task::spawn_blocking(move || reader.join().unwrap_or(0))
+                .await
+                .unwrap_or(0);
+            let answered = warmed.histogram.len() + figures.requests;
+            figures.audit_lines = Some(lines);
+            if lines != answered {
+                figures.errors.insert(
+                    format!("audit lines {lines} != requests answered {answered}"),
+                    1,
+                );
+            }
+        }
+        results.push(figures);
     }
 
     let ratio = match (
@@ -375,7 +457,8 @@ async fn env(server_bin: PathBuf) -> Result<(), String> {
         json: None,
         report_every: None,
     };
-    let (server, addr, _) =
+    // The audit reader thread keeps draining the server's stdout.
+    let (server, addr, _, _audit) =
         start_server(&args, dir.path(), &jwks.uri(), &moto.endpoint(), &[sa]).await?;
     println!("GCE_METADATA_HOST={}", metadata.host());
     println!("TOKENBRIDGE_ENDPOINT=http://{addr}");
@@ -429,7 +512,15 @@ async fn start_server(
     jwks_uri: &str,
     sts_endpoint: &str,
     accounts: &[ServiceAccount],
-) -> Result<(ServerProcess, String, Duration), String> {
+) -> Result<(ServerProcess, String, Duration, Option<AuditReader>), String> {
+    // A child writes its audit log to stdout, a pipe read by a thread here,
+    // as a container runtime reads it in production; in-process, stdout is
+    // the load test's own, so the log goes to /dev/null.
+    let audit = if args.server_bin.is_some() {
+        "[audit]\nsink = \"stdout\"\n"
+    } else {
+        "[audit]\nsink = \"file\"\npath = \"/dev/null\"\n"
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -442,21 +533,25 @@ async fn start_server(
         format!(
             "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n\n\
              [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nsink = \"file\"\npath = \"/dev/null\"\n"
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n{audit}"
         ),
     )
     .map_err(|e| e.to_string())?;
     let started = Instant::now();
+    let mut audit_reader = None;
     let server = match &args.server_bin {
-        Some(bin) => ServerProcess::Child(
-            Command::new(bin)
+        Some(bin) => {
+            let mut child = Command::new(bin)
                 .args(["serve", "--config"])
                 .arg(&config)
                 .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .spawn()
-                .map_err(|e| format!("{}: {e}", bin.display()))?,
-        ),
+                .map_err(|e| format!("{}: {e}", bin.display()))?;
+            let stdout = child.stdout.take().ok_or("no stdout")?;
+            audit_reader = Some(read_audit_lines(stdout));
+            ServerProcess::Child(child)
+        }
         None => {
             let (cfg, policy) = tokenbridge_server::load(&config).map_err(|p| format!("{p:?}"))?;
             ServerProcess::InProcess(
@@ -475,10 +570,28 @@ async fn start_server(
         .into_inner();
     while let Some(update) = watch.message().await.map_err(|e| e.to_string())? {
         if update.status == ServingStatus::Serving as i32 {
-            return Ok((server, addr, started.elapsed()));
+            return Ok((server, addr, started.elapsed(), audit_reader));
         }
     }
     Err("the server never reported SERVING".into())
+}
+
+/// A thread counting the lines of a child's stdout until it closes.
+type AuditReader = std::thread::JoinHandle<u64>;
+
+fn read_audit_lines(mut stdout: std::process::ChildStdout) -> AuditReader {
+    std::thread::spawn(move || {
+        use std::io::Read as _;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut lines = 0u64;
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+        }
+        lines
+    })
 }
 
 fn spawn_null() -> Result<(Child, SocketAddr), String> {
@@ -563,6 +676,7 @@ impl Measured {
             sts_calls,
             server_rss_kib: rss,
             cold_start_ms,
+            audit_lines: None,
             intervals: self.intervals,
         }
     }
@@ -657,6 +771,7 @@ async fn drive(
         tokio::spawn(async move {
             let mut out = Vec::new();
             let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
+            let mut cpu = CpuSample::read(rss_pid);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -669,6 +784,15 @@ async fn drive(
                         w.reset();
                     }
                 }
+                let now = CpuSample::read(rss_pid);
+                let (busy, steal, server) = match (now, cpu) {
+                    (Some(now), Some(then)) => {
+                        let (busy, steal, server) = now.since(&then);
+                        (Some(busy), Some(steal), server)
+                    }
+                    _ => (None, None, None),
+                };
+                cpu = now;
                 let interval = Interval {
                     at_seconds: started.elapsed().as_secs_f64(),
                     requests_per_second: merged.len() as f64 / every.as_secs_f64(),
@@ -676,9 +800,14 @@ async fn drive(
                     p99_us: merged.value_at_quantile(0.99),
                     errors: interval_errors.swap(0, Ordering::Relaxed),
                     server_rss_kib: rss_pid.and_then(rss_kib),
+                    machine_busy_percent: busy,
+                    steal_percent: steal,
+                    server_cores: server,
                 };
+                let pct = |p: Option<f64>| p.map_or("-".into(), |p| format!("{p:.1} %"));
                 eprintln!(
-                    "  t={:>6.0}s  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  RSS {}",
+                    "  t={:>6.0}s  {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  errors {}  RSS {}  \
+                     machine busy {}  steal {}  server {} cores",
                     interval.at_seconds,
                     interval.requests_per_second,
                     interval.p50_us,
@@ -687,6 +816,11 @@ async fn drive(
                     interval
                         .server_rss_kib
                         .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                    pct(interval.machine_busy_percent),
+                    pct(interval.steal_percent),
+                    interval
+                        .server_cores
+                        .map_or("-".into(), |c| format!("{c:.2}")),
                 );
                 out.push(interval);
             }
@@ -805,6 +939,14 @@ fn print_table(report: &Report) {
                 format!("{:?}", r.errors)
             },
         );
+    }
+    for r in &report.results {
+        if let Some(lines) = r.audit_lines {
+            println!(
+                "{} audit lines read from its stdout: {lines} (every answer, warm-up included)",
+                r.target
+            );
+        }
     }
     if let Some(ratio) = report.throughput_ratio {
         println!("throughput tokenbridge / null = {ratio:.3}");

@@ -20,6 +20,8 @@ fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
             "2",
             "--concurrency",
             "8",
+            "--report-every",
+            "400ms",
             "--json",
         ])
         .arg(&json)
@@ -41,6 +43,21 @@ fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
         assert!(r["requests"].as_u64().unwrap() > 0, "{r}");
         assert_eq!(r["errors"], serde_json::json!({}), "{r}");
         assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0, "{r}");
+        // --report-every: intervals with the machine's CPU figures.
+        let intervals = r["intervals"].as_array().unwrap();
+        assert!(!intervals.is_empty(), "{r}");
+        for i in intervals {
+            let busy = i["machine_busy_percent"].as_f64().unwrap();
+            let steal = i["steal_percent"].as_f64().unwrap();
+            assert!((0.0..=100.0).contains(&busy), "{i}");
+            assert!((0.0..=100.0).contains(&steal), "{i}");
+            if r["target"] == "null" {
+                // A child process: its own CPU time, a fraction of the
+                // machine's cores.
+                let cores = i["server_cores"].as_f64().unwrap();
+                assert!(cores >= 0.0, "{i}");
+            }
+        }
     }
     let tb = results
         .iter()

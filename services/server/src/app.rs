@@ -25,7 +25,9 @@
 //! (PostgreSQL: LISTEN/NOTIFY; SQLite: polling the revision). While the
 //! store is unreachable the last loaded policy stays in force. With
 //! `[policy_admin]`, `tokenbridge.v1.PolicyAdmin` is served on its own
-//! listener (see [`crate::policy_admin`]).
+//! listener (see [`crate::policy_admin`]); on shutdown it stops taking calls
+//! with the exchange listener and its calls in flight get the same drain
+//! time.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -400,18 +402,47 @@ impl Service {
             .is_some_and(|p| p.tls)
             .then(|| self.tls.clone())
             .flatten();
+        // The policy admin listener stops taking calls when the exchange
+        // listener does, and its calls in flight get the same drain time.
+        let drain = self.config.server.drain_timeout;
+        let (stop_policy_admin, policy_admin_stopping) = tokio::sync::watch::channel(false);
         let policy_admin_task = policy_admin_listener.zip(policy_admin).map(|(l, svc)| {
+            let (mut stopping, mut drained) =
+                (policy_admin_stopping.clone(), policy_admin_stopping);
+            let stop = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            let drained = async move {
+                let _ = drained.wait_for(|stop| *stop).await;
+                tokio::time::sleep(drain).await;
+            };
             AbortOnDrop(tokio::spawn(async move {
                 let router = tonic::transport::Server::builder().add_service(
                     tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
                 );
-                let served = match admin_tls {
-                    Some(t) => {
-                        router
-                            .serve_with_incoming(tls::tls_only(tcp_incoming(l), t))
-                            .await
+                let served = async move {
+                    match admin_tls {
+                        Some(t) => {
+                            router
+                                .serve_with_incoming_shutdown(
+                                    tls::tls_only(tcp_incoming(l), t),
+                                    stop,
+                                )
+                                .await
+                        }
+                        None => {
+                            router
+                                .serve_with_incoming_shutdown(tcp_incoming(l), stop)
+                                .await
+                        }
                     }
-                    None => router.serve_with_incoming(tcp_incoming(l)).await,
+                };
+                let served = tokio::select! {
+                    served = served => served,
+                    () = drained => {
+                        warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining policy admin calls");
+                        Ok(())
+                    }
                 };
                 if let Err(e) = served {
                     warn!(error = %e, "policy admin listener failed");
@@ -499,6 +530,7 @@ impl Service {
         );
         let (draining_tx, draining_rx) = oneshot::channel::<()>();
         let stop_reporter = reporter.clone();
+        let stop_admin_calls = stop_policy_admin.clone();
         let incoming = tls::incoming(
             tcp_incoming(listener),
             tls_listener.zip(tls).map(|(l, t)| (tcp_incoming(l), t)),
@@ -516,9 +548,9 @@ impl Service {
                 shutdown.await;
                 info!("shutting down: health NOT_SERVING, draining in-flight calls");
                 stop_reporter.shutting_down();
+                stop_admin_calls.send_replace(true);
                 let _ = draining_tx.send(());
             });
-        let drain = config.server.drain_timeout;
         tokio::pin!(server);
         tokio::select! {
             result = &mut server => result?,
@@ -526,10 +558,13 @@ impl Service {
                 warn!(drain_timeout_secs = drain.as_secs(), "drain timeout reached; closing remaining calls");
             }
         }
-        drop((keys, janitor, tls_watch, follow));
-        if let Some(task) = policy_admin_task {
-            task.stop().await;
+        if let Some(mut task) = policy_admin_task {
+            // It ends on its own within the drain time from when draining
+            // started (the same signal as the exchange listener's).
+            stop_policy_admin.send_replace(true);
+            let _ = (&mut task.0).await;
         }
+        drop((keys, janitor, tls_watch, follow));
         // The admin listener is closed once this returns.
         if let Some(admin) = admin {
             admin.stop().await;

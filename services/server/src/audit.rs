@@ -21,12 +21,30 @@
 //! a record. A record can exist for credentials then withheld (written, but
 //! confirmed too late), never the reverse.
 //!
-//! **Cost.** Records are serialised by the calling task and handed through a
-//! bounded queue ([`QUEUE`]) to one writer task, which writes whatever has
-//! queued up in one `write` on a blocking thread (`spawn_blocking`) and then
-//! confirms each record: the runtime's workers never block on the sink, and
-//! at fleet rates one system call (and one thread hand-off) covers many
-//! records. A full queue makes callers wait (within [`ACK_TIMEOUT`]).
+//! **Cost.** Records are serialised by the calling task, which then writes
+//! its record itself when the write cannot block, and otherwise hands it to
+//! a blocking thread. The runtime's workers never block on the sink:
+//!
+//! - a **pipe** (stdout in a container: the runtime's log collector reads the
+//!   other end) or a **socket** (stdout under systemd: journald) is written
+//!   by the calling task, under a lock that keeps lines whole, when the write
+//!   cannot block: a pipe when the room left in it (its size less what is
+//!   unread, `F_GETPIPE_SZ` and `FIONREAD`, less two pages of slack for how
+//!   Linux packs pipe buffers) holds the line; a socket with `MSG_DONTWAIT`,
+//!   for what it takes. No other task or thread is involved, so the answer
+//!   goes out in the same poll;
+//! - everything else (a regular file, a terminal, a test's writer), and
+//!   whatever a pipe or a socket cannot take at once (its reader is behind),
+//!   goes to one blocking thread (`spawn_blocking`) at a time, which writes
+//!   whatever has queued up meanwhile in one `write` per round, confirms
+//!   those records, and hands the sink back when nothing is left. At most
+//!   [`QUEUE`] records wait for it; more fail closed at once.
+//!
+//! The earlier design (every record through a writer task and a blocking
+//! thread) cost about a quarter of cache-hit throughput on 2 vCPUs: the
+//! hand-offs and wake-ups, on both sides of the connection (BENCHMARKS.md).
+//! `tokenbridge_audit_writes_total` counts writes by path (`inline`,
+//! `blocking`): blocking writes to a pipe mean its reader is behind.
 //!
 //! Refusals before any decision about an identity (rate, concurrency and
 //! size limits, [`crate::Error::is_flood_control`]) are counted in metrics,
@@ -34,6 +52,7 @@
 //! bad argument, STS refusal) or failed (an upstream unavailable).
 
 use std::{
+    fs::File,
     io::Write,
     net::SocketAddr,
     path::PathBuf,
@@ -42,7 +61,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::{exchange::Facts, metrics::Metrics, sts::Credentials, telemetry::TraceIds};
@@ -50,10 +69,8 @@ use crate::{exchange::Facts, metrics::Metrics, sts::Credentials, telemetry::Trac
 /// How long a call waits for its record to be written before failing
 /// closed.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
-/// Records queued for the writer at most; more callers wait.
+/// Records waiting for the blocking thread at most; more fail closed.
 pub const QUEUE: usize = 4096;
-/// Records written by one `write` at most.
-const BATCH: usize = 512;
 /// The `logging.googleapis.com/labels` of every record, to route them.
 const LABELS: Labels = Labels {
     log: "tokenbridge-audit",
@@ -361,16 +378,35 @@ impl AdminEntry<'_> {
     }
 }
 
-/// A record waiting for the writer, and who waits for it.
+/// A record waiting for the blocking thread, and who waits for it.
 struct Pending {
     line: Vec<u8>,
     written: oneshot::Sender<bool>,
 }
 
-/// The audit log: hands records to the writer task and waits for them to
-/// be written.
+/// The writer's state, shared by the calling tasks and the blocking thread.
+struct Writer {
+    state: std::sync::Mutex<WriterState>,
+    metrics: Arc<Metrics>,
+}
+
+struct WriterState {
+    /// The sink, unless the blocking thread has it (then `pending` holds
+    /// what waits for it; otherwise `pending` is empty).
+    sink: Option<Sink>,
+    pending: Vec<Pending>,
+    /// A write failed: a partial line may be in the sink, so the next
+    /// write starts on a new line.
+    failing: bool,
+    /// The blocking thread stopped with the sink (it panicked): nothing
+    /// more can be written.
+    lost: bool,
+}
+
+/// The audit log: writes records (or has them written) and says whether
+/// they were.
 pub struct AuditLog {
-    queue: mpsc::Sender<Pending>,
+    writer: Arc<Writer>,
     gcp_project_id: Option<String>,
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
@@ -385,44 +421,70 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the sink and starts the writer task, which ends when the log
-    /// is dropped. Must be called within a Tokio runtime.
+    /// Opens the sink (stdout and stderr as duplicates of their
+    /// descriptors, so a closed one is an error here rather than records
+    /// silently lost). Records are written within a Tokio runtime.
     pub fn open(config: &AuditConfig, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
-        let out: Box<dyn Write + Send> = match &config.sink {
-            AuditSink::Stdout => Box::new(std::io::stdout()),
-            AuditSink::Stderr => Box::new(std::io::stderr()),
+        use std::os::fd::AsFd as _;
+        let (file, path) = match &config.sink {
+            // A duplicate of the descriptor: the same open file, written
+            // without the standard library's buffer and lock.
+            AuditSink::Stdout => (
+                std::io::stdout()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(File::from),
+                PathBuf::from("(stdout)"),
+            ),
+            AuditSink::Stderr => (
+                std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map(File::from),
+                PathBuf::from("(stderr)"),
+            ),
             AuditSink::File(path) => {
                 use std::os::unix::fs::OpenOptionsExt as _;
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .mode(0o640)
-                    .open(path)
-                    .map_err(|source| AuditError::Open {
-                        path: path.clone(),
-                        source,
-                    })?;
-                Box::new(file)
+                (
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .mode(0o640)
+                        .open(path),
+                    path.clone(),
+                )
             }
         };
-        Ok(Self::with_writer(
-            out,
+        let file = file.map_err(|source| AuditError::Open { path, source })?;
+        Ok(Self::with_sink(
+            Sink::of_file(file),
             config.gcp_project_id.clone(),
             metrics,
         ))
     }
 
-    /// An audit log writing to `out`. Must be called within a Tokio
-    /// runtime.
+    /// An audit log writing to `out`, always on a blocking thread (tests).
+    /// Records are written within a Tokio runtime.
     pub fn with_writer(
         out: Box<dyn Write + Send>,
         gcp_project_id: Option<String>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let (queue, records) = mpsc::channel(QUEUE);
-        tokio::spawn(write_records(records, out));
+        Self::with_sink(Sink::Writer(out), gcp_project_id, metrics)
+    }
+
+    fn with_sink(sink: Sink, gcp_project_id: Option<String>, metrics: Arc<Metrics>) -> Self {
+        let writer = Arc::new(Writer {
+            state: std::sync::Mutex::new(WriterState {
+                sink: Some(sink),
+                pending: Vec::new(),
+                failing: false,
+                lost: false,
+            }),
+            metrics: metrics.clone(),
+        });
         Self {
-            queue,
+            writer,
             gcp_project_id,
             metrics,
             ack_timeout: ACK_TIMEOUT,
@@ -450,17 +512,13 @@ impl AuditLog {
 
     async fn write_line(&self, line: Result<Vec<u8>, serde_json::Error>) -> bool {
         let written = match line {
-            Ok(line) => {
-                let (written, confirmed) = oneshot::channel();
-                let handed = async {
-                    self.queue.send(Pending { line, written }).await.ok()?;
-                    confirmed.await.ok()
-                };
-                matches!(
-                    tokio::time::timeout(self.ack_timeout, handed).await,
-                    Ok(Some(true))
-                )
-            }
+            Ok(line) => match self.writer.write(line) {
+                Written::Now(written) => written,
+                Written::Later(confirmed) => matches!(
+                    tokio::time::timeout(self.ack_timeout, confirmed).await,
+                    Ok(Ok(true))
+                ),
+            },
             Err(e) => {
                 error!(error = %e, "cannot serialise an audit record");
                 false
@@ -471,55 +529,225 @@ impl AuditLog {
     }
 }
 
-/// The writer task: takes what has queued up, writes it in one go on a
-/// blocking thread (the sink may block: a stalled pipe, a slow disk), then
-/// confirms each record, until every sender is gone. Records queue up while
-/// a write is in progress, so the busier the service, the more records one
-/// write carries.
-async fn write_records(mut records: mpsc::Receiver<Pending>, out: Box<dyn Write + Send>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut sink = Some((out, Vec::new()));
-    // After a failed write a partial line may be in the sink: the next
-    // write starts on a new line.
-    let mut failing = false;
-    while records.recv_many(&mut batch, BATCH).await > 0 {
-        let Some((mut out, mut buf)) = sink.take() else {
-            return;
-        };
-        buf.clear();
-        if failing {
-            buf.push(b'\n');
+/// Whether a record was written, or when it will have been.
+enum Written {
+    Now(bool),
+    Later(oneshot::Receiver<bool>),
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // Nothing under this lock can leave the state half-changed.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `line` now if that cannot block, else queues it for the
+    /// blocking thread (started if it is not running).
+    fn write(self: &Arc<Self>, mut line: Vec<u8>) -> Written {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.lost {
+            return Written::Now(false);
         }
-        for pending in &batch {
-            buf.extend_from_slice(&pending.line);
-        }
-        let done = tokio::task::spawn_blocking(move || {
-            let written = out.write_all(&buf).and_then(|()| out.flush());
-            (out, buf, written)
-        })
-        .await;
-        let Ok((out, buf, written)) = done else {
-            // The write panicked or the runtime is shutting down: nothing
-            // more can be written. Waiting callers fail closed.
-            error!("the audit log writer stopped: exchanges fail closed (UNAVAILABLE)");
-            return;
-        };
-        sink = Some((out, buf));
-        match &written {
-            Ok(()) if failing => {
-                info!("the audit log is writable again; exchanges resume");
-                failing = false;
+        let taken = match state.sink.as_mut() {
+            // The blocking thread has the sink: queue up behind it.
+            None => 0,
+            Some(sink) => {
+                let new_line = state.failing;
+                if new_line {
+                    line.insert(0, b'\n');
+                }
+                match sink.write_now(&line) {
+                    Ok(n) if n == line.len() => {
+                        self.metrics.audit_write("inline");
+                        state.writable_again();
+                        return Written::Now(true);
+                    }
+                    Ok(0) => {
+                        // The blocking thread starts on a new line itself.
+                        if new_line {
+                            line.remove(0);
+                        }
+                        0
+                    }
+                    Ok(n) => {
+                        // Part of the line is in: the rest must follow it.
+                        state.writable_again();
+                        n
+                    }
+                    Err(e) => {
+                        state.failed(&e);
+                        return Written::Now(false);
+                    }
+                }
             }
-            Ok(()) => {}
-            Err(e) if !failing => {
-                error!(error = %e, "cannot write the audit log: exchanges fail closed (UNAVAILABLE) until it can be written");
-                failing = true;
-            }
-            Err(_) => {}
+        };
+        if state.pending.len() >= QUEUE {
+            return Written::Now(false);
         }
-        let ok = written.is_ok();
-        for pending in batch.drain(..) {
-            let _ = pending.written.send(ok);
+        let (written, confirmed) = oneshot::channel();
+        line.drain(..taken);
+        state.pending.push(Pending { line, written });
+        if let Some(sink) = state.sink.take() {
+            let writer = self.clone();
+            tokio::task::spawn_blocking(move || writer.drain(sink));
+        }
+        Written::Later(confirmed)
+    }
+
+    /// On the blocking thread: writes what has queued up, round after
+    /// round, then hands the sink back.
+    fn drain(&self, mut sink: Sink) {
+        // If a write panics, the sink is gone with this thread: say so, and
+        // fail every later call closed.
+        struct Lost<'a>(&'a Writer);
+        impl Drop for Lost<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    error!("the audit log writer stopped: exchanges fail closed (UNAVAILABLE)");
+                    let mut state = self.0.lock();
+                    state.lost = true;
+                    state.pending.clear();
+                }
+            }
+        }
+        let _lost = Lost(self);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let batch = {
+                let mut state = self.lock();
+                if state.pending.is_empty() {
+                    state.sink = Some(sink);
+                    return;
+                }
+                if state.failing {
+                    buf.push(b'\n');
+                }
+                std::mem::take(&mut state.pending)
+            };
+            for pending in &batch {
+                buf.extend_from_slice(&pending.line);
+            }
+            self.metrics.audit_write("blocking");
+            let written = sink.write_all(&buf);
+            {
+                let mut state = self.lock();
+                match &written {
+                    Ok(()) => state.writable_again(),
+                    Err(e) => state.failed(e),
+                }
+            }
+            let ok = written.is_ok();
+            for pending in batch {
+                let _ = pending.written.send(ok);
+            }
+        }
+    }
+}
+
+impl WriterState {
+    fn failed(&mut self, e: &std::io::Error) {
+        if !self.failing {
+            error!(error = %e, "cannot write the audit log: exchanges fail closed (UNAVAILABLE) until it can be written");
+            self.failing = true;
+        }
+    }
+
+    fn writable_again(&mut self) {
+        if self.failing {
+            info!("the audit log is writable again; exchanges resume");
+            self.failing = false;
+        }
+    }
+}
+
+/// Where the writer puts records.
+enum Sink {
+    /// An open file: stdout, stderr or the configured file, with what it is.
+    File(File, FileKind),
+    /// Any other writer (tests): always written on a blocking thread.
+    Writer(Box<dyn Write + Send>),
+}
+
+/// What kind of file a sink is, which decides whether it can be written
+/// without blocking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Pipe,
+    Socket,
+    Other,
+}
+
+impl Sink {
+    fn of_file(file: File) -> Self {
+        use std::os::unix::fs::FileTypeExt as _;
+        let kind = match file.metadata().map(|m| m.file_type()) {
+            Ok(t) if t.is_fifo() => FileKind::Pipe,
+            Ok(t) if t.is_socket() => FileKind::Socket,
+            _ => FileKind::Other,
+        };
+        Self::File(file, kind)
+    }
+
+    /// Writes as much of `buf` as the sink takes without blocking (see the
+    /// module's documentation); the bytes written.
+    fn write_now(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Self::File(file, FileKind::Pipe) => {
+                // Two pages of slack: Linux fills a pipe page by page, and
+                // the page being read still takes up its slot.
+                const SLACK: usize = 2 * 4096;
+                let room = rustix::pipe::fcntl_getpipe_size(&*file)
+                    .ok()
+                    .zip(rustix::io::ioctl_fionread(&*file).ok())
+                    .map(|(size, unread)| {
+                        size.saturating_sub(usize::try_from(unread).unwrap_or(usize::MAX))
+                            .saturating_sub(SLACK)
+                    });
+                if room.is_none_or(|room| buf.len() > room) {
+                    return Ok(0);
+                }
+                let mut written = 0;
+                while written < buf.len() {
+                    match file.write(&buf[written..]) {
+                        Ok(0) => break,
+                        Ok(n) => written += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(written)
+            }
+            #[cfg(target_os = "linux")]
+            Self::File(file, FileKind::Socket) => {
+                use rustix::net::SendFlags;
+                let mut written = 0;
+                while written < buf.len() {
+                    match rustix::net::send(
+                        &*file,
+                        &buf[written..],
+                        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+                    ) {
+                        Ok(0) => break,
+                        Ok(n) => written += n,
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(rustix::io::Errno::AGAIN) => break,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Ok(written)
+            }
+            _ => Ok(0),
+        }
+    }
+
+    /// Writes all of `buf`, blocking as long as it takes.
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::File(file, _) => file.write_all(buf),
+            Self::Writer(out) => out.write_all(buf).and_then(|()| out.flush()),
         }
     }
 }
@@ -649,6 +877,146 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn denied_entry(facts: &Facts) -> Entry<'_> {
+        Entry {
+            decision: Decision::Deny,
+            code: "PERMISSION_DENIED",
+            outcome: "permission_denied",
+            reason: "no binding grants any role",
+            requested_role_arn: "",
+            requested_duration_seconds: 0,
+            facts,
+            credentials: None,
+            peer: None,
+            trace: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// `tokenbridge_audit_writes_total{path}` from the exposition.
+    fn writes(metrics: &Metrics, path: &str) -> u64 {
+        let label = format!("path=\"{path}\"");
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("tokenbridge_audit_writes_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn lines_of(text: &[u8]) -> Vec<serde_json::Value> {
+        String::from_utf8(text.to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    // One worker thread: an inline write that blocked would hang
+    // the whole test (timeouts included) instead of failing it.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_pipe_is_written_inline_while_it_has_room_and_on_a_blocking_thread_when_full() {
+        use std::io::Read as _;
+        let metrics = Metrics::prometheus().unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let sink = Sink::of_file(File::from(std::os::fd::OwnedFd::from(writer)));
+        assert!(matches!(sink, Sink::File(_, FileKind::Pipe)));
+        let log = AuditLog::with_sink(sink, None, metrics.clone())
+            .with_ack_timeout(Duration::from_millis(200));
+        let facts = facts();
+        let entry = denied_entry(&facts);
+
+        // Room in the pipe: written by the calling task, no thread hand-off.
+        for _ in 0..3 {
+            assert!(log.write(&entry).await);
+        }
+        assert_eq!(writes(&metrics, "inline"), 3);
+        assert_eq!(writes(&metrics, "blocking"), 0);
+
+        // Nobody reads: once the pipe is nearly full the batch goes to a
+        // blocking thread, which stalls, and calls fail closed.
+        let mut confirmed = 3;
+        let mut refused = false;
+        for _ in 0..2_000 {
+            if log.write(&entry).await {
+                confirmed += 1;
+            } else {
+                refused = true;
+                break;
+            }
+        }
+        assert!(
+            refused,
+            "a pipe nobody reads must fill up and fail calls closed"
+        );
+        assert!(writes(&metrics, "blocking") >= 1);
+
+        // A reader drains it: writing resumes.
+        let drained = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        });
+        assert!(
+            log.write(&entry).await,
+            "written once the reader drains the pipe"
+        );
+        confirmed += 1;
+        drop(log);
+        let all = tokio::task::spawn_blocking(move || drained.join().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        let lines = lines_of(&all);
+        // Every confirmed record is there; the refused one may be too
+        // (written, but confirmed too late), never fewer.
+        assert!(lines.len() >= confirmed, "{} < {confirmed}", lines.len());
+        assert!(lines.iter().all(|l| l["decision"] == "deny"));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_socket_is_written_inline() {
+        use std::io::Read as _;
+        let metrics = Metrics::prometheus().unwrap();
+        let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sink = Sink::of_file(File::from(std::os::fd::OwnedFd::from(writer)));
+        assert!(matches!(sink, Sink::File(_, FileKind::Socket)));
+        let log = AuditLog::with_sink(sink, None, metrics.clone());
+        let facts = facts();
+        for _ in 0..5 {
+            assert!(log.write(&denied_entry(&facts)).await);
+        }
+        assert_eq!(writes(&metrics, "inline"), 5);
+        drop(log);
+        let all = tokio::task::spawn_blocking(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map(|_| all)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(lines_of(&all).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_regular_file_is_written_on_a_blocking_thread() {
+        let metrics = Metrics::prometheus().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(
+            &AuditConfig {
+                sink: AuditSink::File(path.clone()),
+                gcp_project_id: None,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let facts = facts();
+        assert!(log.write(&denied_entry(&facts)).await);
+        assert_eq!(writes(&metrics, "blocking"), 1);
+        assert_eq!(writes(&metrics, "inline"), 0);
+        assert_eq!(lines_of(&std::fs::read(&path).unwrap()).len(), 1);
     }
 
     /// A sink whose writes block until the test lets go.

@@ -431,7 +431,11 @@ fn parse_key_set(body: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, usiz
     struct Doc {
         keys: Vec<serde_json::Value>,
     }
-    let doc: Doc = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
+    // UTF-8 is checked first: serde_json does not check it inside the
+    // members it skips, and a document that is not UTF-8 is not JSON.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| format!("not a JWKS document: not UTF-8 text ({e})"))?;
+    let doc: Doc = serde_json::from_str(body).map_err(|e| format!("not a JWKS document: {e}"))?;
     let mut keys = HashMap::new();
     let mut skipped = 0;
     for value in doc.keys {
@@ -626,6 +630,12 @@ mod tests {
     fn documents_that_are_not_key_sets_are_errors() {
         assert!(parse_key_set(b"<html>").is_err());
         assert!(parse_key_set(b"{}").is_err());
+        // Not UTF-8 inside a member that would be skipped: still refused.
+        let not_utf8 = parse_key_set(b"{\"keys\": [], \"x\": \"\xff\"}").unwrap_err();
+        assert!(
+            not_utf8.starts_with("not a JWKS document: not UTF-8"),
+            "{not_utf8}"
+        );
         assert!(parse_key_set(br#"{"keys": 5}"#).is_err());
     }
 }

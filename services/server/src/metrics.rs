@@ -22,6 +22,7 @@
 //! | `tokenbridge_jwks_keys_stale` | gauge | | 1 while the keys in use are past their `max-age` (refreshes failing), else 0 |
 //! | `tokenbridge_rate_limited_total` | counter | `limit` | calls refused by a limit: `peer`, `subject` (rate limits), `concurrency` (shed) |
 //! | `tokenbridge_audit_records_total` | counter | `result` | audit records: `written`, `failed` (the call then failed closed with UNAVAILABLE) |
+//! | `tokenbridge_audit_writes_total` | counter | `path` | writes of audit records: `inline` (a pipe or socket with room, by the calling task) or `blocking` (a round on the blocking thread: a file, or a pipe or socket whose reader is behind) |
 
 use std::{
     sync::{Arc, Mutex},
@@ -64,6 +65,7 @@ pub struct Metrics {
     jwks_fetches: Counter<u64>,
     rate_limited: Counter<u64>,
     audit_records: Counter<u64>,
+    audit_writes: Counter<u64>,
 }
 
 struct Exporter {
@@ -188,6 +190,10 @@ impl Metrics {
                 "tokenbridge_audit_records",
                 "Audit records written, or failed (the call then failed closed)",
             ),
+            audit_writes: counter(
+                "tokenbridge_audit_writes",
+                "Batches of audit records written: inline (without blocking) or on a blocking thread",
+            ),
             meter,
             exporter,
             gauges: Mutex::new(Vec::new()),
@@ -264,6 +270,13 @@ impl Metrics {
                 if written { "written" } else { "failed" },
             )],
         );
+    }
+
+    /// One write of audit records by `path`: `inline` (by the calling
+    /// task, without blocking) or `blocking` (a round on the blocking
+    /// thread).
+    pub fn audit_write(&self, path: &'static str) {
+        self.audit_writes.add(1, &[KeyValue::new("path", path)]);
     }
 
     /// Reports the age and staleness of `jwks`'s keys at every scrape.

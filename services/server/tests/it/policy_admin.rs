@@ -54,6 +54,10 @@ async fn admin_client(env: &Env) -> PolicyAdminClient<Channel> {
         .unwrap()
         .policy_admin_addr
         .expect("policy admin listener");
+    admin_client_at(addr).await
+}
+
+async fn admin_client_at(addr: SocketAddr) -> PolicyAdminClient<Channel> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -1161,4 +1165,110 @@ async fn an_older_store_snapshot_never_replaces_a_newer_one() {
     assert!(exchange.advance_policy(at(8)));
     assert_eq!(exchange.snapshot().revision, 8);
     env.stop().await;
+}
+
+#[test]
+fn a_policy_admin_call_in_flight_at_shutdown_is_drained_not_cut() {
+    // The server runs in a runtime of its own, stopped as `main` stops it:
+    // `stop()`, then the runtime goes away with every task still in it. A
+    // write held inside PostgreSQL (the test locks the store's revision
+    // table against writers) is in flight when the stop begins; it must be
+    // finished and answered before `stop()` returns, not cut with the
+    // runtime (5 s drain time here).
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let schema = format!(
+        "tb_admin_drain_{}_{}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let env = server_rt.block_on(Env::start_with(Options {
+        store: Some(StoreConfig {
+            url: postgres_url(),
+            schema: Some(schema.clone()),
+        }),
+        policy_admin: Some(admin_config()),
+        ..Options::default()
+    }));
+    let admin_addr = env.server.as_ref().unwrap().policy_admin_addr.unwrap();
+    let token = env.issuer.token(&admin_sa(), ADMIN_AUDIENCE);
+
+    let (pool, lock, call) = client_rt.block_on(async {
+        let admin = admin_client_at(admin_addr).await;
+        let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+        let mut lock = pool.begin().await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "LOCK TABLE \"{schema}\".store_state IN EXCLUSIVE MODE"
+        )))
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+        let call = tokio::spawn({
+            let mut admin = admin.clone();
+            async move {
+                admin
+                    .create_binding(with_token(
+                        pb::CreateBindingRequest {
+                            binding: Some(binding("late", &caller(), ROLE_A)),
+                        },
+                        &token,
+                    ))
+                    .await
+            }
+        });
+        // The call is in flight once its write waits for the lock.
+        within(HANG_GUARD, async {
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE NOT l.granted AND n.nspname = $1",
+                )
+                .bind(&schema)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if waiting > 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        (pool, lock, call)
+    });
+
+    let stopping = server_rt.spawn(env.stop());
+    client_rt.block_on(async {
+        // Shutdown has begun once the admin listener takes no new
+        // connections; only then does the write get its lock.
+        within(HANG_GUARD, async {
+            while tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        lock.commit().await.unwrap();
+    });
+    server_rt.block_on(stopping).unwrap();
+    drop(server_rt);
+
+    let created = client_rt
+        .block_on(within(HANG_GUARD, call))
+        .unwrap()
+        .expect("the admin call in flight was cut at shutdown")
+        .into_inner();
+    assert_eq!(created.name, "late");
+    client_rt.block_on(async {
+        pool.close().await;
+        drop_schema(&schema).await;
+    });
 }
