@@ -163,6 +163,11 @@ struct Figures {
     /// reads, as a container runtime would), warm-up included; only for a
     /// server run as a child process.
     audit_lines: Option<u64>,
+    /// The server's audit writes by path (`inline`: the calling task wrote
+    /// a pipe with room; `blocking`: on a blocking thread, e.g. because the
+    /// pipe's reader was behind), from its `/metrics` at the end of the run,
+    /// warm-up included.
+    audit_writes: Option<BTreeMap<String, u64>>,
     /// With `--report-every`: one entry per interval.
     intervals: Vec<Interval>,
 }
@@ -343,8 +348,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
             )
         };
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let (server, addr, cold_start, audit_reader) =
-            start_server(&args, dir.path(), &jwks.uri(), &sts_endpoint, &accounts).await?;
+        let Started {
+            server,
+            addr,
+            admin_addr,
+            cold_start,
+            audit_reader,
+        } = start_server(&args, dir.path(), &jwks.uri(), &sts_endpoint, &accounts).await?;
         let channels = connect_all(&addr, args.connections).await?;
 
         eprintln!("warm-up: one request per identity…");
@@ -393,6 +403,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                 calls - calls_before,
             );
         }
+        figures.audit_writes = audit_writes(&admin_addr).await;
         server.stop().await;
         if let Some(reader) = audit_reader {
             // Every answer, warm-up included, has its audit line.
@@ -458,8 +469,12 @@ async fn env(server_bin: PathBuf) -> Result<(), String> {
         report_every: None,
     };
     // The audit reader thread keeps draining the server's stdout.
-    let (server, addr, _, _audit) =
-        start_server(&args, dir.path(), &jwks.uri(), &moto.endpoint(), &[sa]).await?;
+    let Started {
+        server,
+        addr,
+        audit_reader: _audit,
+        ..
+    } = start_server(&args, dir.path(), &jwks.uri(), &moto.endpoint(), &[sa]).await?;
     println!("GCE_METADATA_HOST={}", metadata.host());
     println!("TOKENBRIDGE_ENDPOINT=http://{addr}");
     println!("TOKENBRIDGE_AUDIENCE={AUDIENCE}");
@@ -512,7 +527,7 @@ async fn start_server(
     jwks_uri: &str,
     sts_endpoint: &str,
     accounts: &[ServiceAccount],
-) -> Result<(ServerProcess, String, Duration, Option<AuditReader>), String> {
+) -> Result<Started, String> {
     // A child writes its audit log to stdout, a pipe read by a thread here,
     // as a container runtime reads it in production; in-process, stdout is
     // the load test's own, so the log goes to /dev/null.
@@ -521,11 +536,14 @@ async fn start_server(
     } else {
         "[audit]\nsink = \"file\"\npath = \"/dev/null\"\n"
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| e.to_string())?
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| e.to_string())
+    };
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let admin_addr = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join("config.toml");
     std::fs::write(dir.join("policy.toml"), policy(accounts)).map_err(|e| e.to_string())?;
     std::fs::write(
@@ -533,7 +551,7 @@ async fn start_server(
         format!(
             "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n\n\
              [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n\n{audit}"
+             [admin]\nlisten = \"{admin_addr}\"\n\n{audit}"
         ),
     )
     .map_err(|e| e.to_string())?;
@@ -570,10 +588,47 @@ async fn start_server(
         .into_inner();
     while let Some(update) = watch.message().await.map_err(|e| e.to_string())? {
         if update.status == ServingStatus::Serving as i32 {
-            return Ok((server, addr, started.elapsed(), audit_reader));
+            return Ok(Started {
+                server,
+                addr,
+                admin_addr,
+                cold_start: started.elapsed(),
+                audit_reader,
+            });
         }
     }
     Err("the server never reported SERVING".into())
+}
+
+/// A server started and SERVING.
+struct Started {
+    server: ServerProcess,
+    /// The gRPC listener.
+    addr: String,
+    /// The admin listener (`/metrics`).
+    admin_addr: String,
+    cold_start: Duration,
+    audit_reader: Option<AuditReader>,
+}
+
+/// `tokenbridge_audit_writes_total` by `path`, from the server's `/metrics`.
+async fn audit_writes(admin_addr: &str) -> Option<BTreeMap<String, u64>> {
+    let text = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let writes: BTreeMap<String, u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("tokenbridge_audit_writes_total{"))
+        .filter_map(|l| {
+            let path = l.split("path=\"").nth(1)?.split('"').next()?;
+            let count = l.rsplit(' ').next()?.parse().ok()?;
+            Some((path.to_string(), count))
+        })
+        .collect();
+    Some(writes)
 }
 
 /// A thread counting the lines of a child's stdout until it closes.
@@ -677,6 +732,7 @@ impl Measured {
             server_rss_kib: rss,
             cold_start_ms,
             audit_lines: None,
+            audit_writes: None,
             intervals: self.intervals,
         }
     }
@@ -946,6 +1002,9 @@ fn print_table(report: &Report) {
                 "{} audit lines read from its stdout: {lines} (every answer, warm-up included)",
                 r.target
             );
+        }
+        if let Some(writes) = &r.audit_writes {
+            println!("{} audit writes by path: {writes:?}", r.target);
         }
     }
     if let Some(ratio) = report.throughput_ratio {

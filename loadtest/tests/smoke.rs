@@ -64,5 +64,10 @@ fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
         .find(|r| r["target"] == "tokenbridge")
         .unwrap();
     assert_eq!(tb["sts_calls"], 20, "one STS call per identity: {tb}");
+    // In process the audit log goes to /dev/null, a character device: every
+    // write on the blocking thread, none inline.
+    let writes = &tb["audit_writes"];
+    assert!(writes["blocking"].as_u64().unwrap() > 0, "{tb}");
+    assert!(writes.get("inline").is_none(), "{tb}");
     assert!(report["throughput_ratio"].as_f64().unwrap() > 0.0);
 }
