@@ -176,6 +176,8 @@ struct Figures {
 #[derive(Serialize, Clone)]
 struct Interval {
     at_seconds: f64,
+    /// Requests answered in the interval (errors apart).
+    requests: u64,
     requests_per_second: f64,
     p50_us: u64,
     p99_us: u64,
@@ -828,11 +830,15 @@ async fn drive(
             let mut out = Vec::new();
             let mut tick = tokio::time::interval_at((Instant::now() + every).into(), every);
             let mut cpu = CpuSample::read(rss_pid);
+            let mut since = Instant::now();
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = &mut monitor_stopped => return out,
-                }
+                // The run's end closes a last, shorter interval.
+                let last = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = &mut monitor_stopped => true,
+                };
+                let length = since.elapsed();
+                since = Instant::now();
                 let mut merged = histogram();
                 for w in &windows {
                     if let Ok(mut w) = w.lock() {
@@ -849,12 +855,17 @@ async fn drive(
                     _ => (None, None, None),
                 };
                 cpu = now;
+                let errors = interval_errors.swap(0, Ordering::Relaxed);
+                if last && merged.is_empty() && errors == 0 {
+                    return out;
+                }
                 let interval = Interval {
                     at_seconds: started.elapsed().as_secs_f64(),
-                    requests_per_second: merged.len() as f64 / every.as_secs_f64(),
+                    requests: merged.len(),
+                    requests_per_second: merged.len() as f64 / length.as_secs_f64().max(1e-3),
                     p50_us: merged.value_at_quantile(0.5),
                     p99_us: merged.value_at_quantile(0.99),
-                    errors: interval_errors.swap(0, Ordering::Relaxed),
+                    errors,
                     server_rss_kib: rss_pid.and_then(rss_kib),
                     machine_busy_percent: busy,
                     steal_percent: steal,
@@ -879,6 +890,9 @@ async fn drive(
                         .map_or("-".into(), |c| format!("{c:.2}")),
                 );
                 out.push(interval);
+                if last {
+                    return out;
+                }
             }
         })
     });

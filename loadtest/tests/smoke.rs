@@ -46,6 +46,12 @@ fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
         // --report-every: intervals with the machine's CPU figures.
         let intervals = r["intervals"].as_array().unwrap();
         assert!(!intervals.is_empty(), "{r}");
+        // Every answer is in an interval, the last (shorter) one included.
+        let in_intervals: u64 = intervals
+            .iter()
+            .map(|i| i["requests"].as_u64().unwrap())
+            .sum();
+        assert_eq!(in_intervals, r["requests"].as_u64().unwrap(), "{r}");
         for i in intervals {
             let busy = i["machine_busy_percent"].as_f64().unwrap();
             let steal = i["steal_percent"].as_f64().unwrap();
