@@ -425,24 +425,15 @@ impl AuditLog {
     /// descriptors, so a closed one is an error here rather than records
     /// silently lost). Records are written within a Tokio runtime.
     pub fn open(config: &AuditConfig, metrics: Arc<Metrics>) -> Result<Self, AuditError> {
-        use std::os::fd::AsFd as _;
+        use std::os::fd::AsFd;
+        // A duplicate of the descriptor: the same open file, written
+        // without the standard library's buffer and lock.
+        fn duplicate(fd: impl AsFd) -> std::io::Result<File> {
+            fd.as_fd().try_clone_to_owned().map(File::from)
+        }
         let (file, path) = match &config.sink {
-            // A duplicate of the descriptor: the same open file, written
-            // without the standard library's buffer and lock.
-            AuditSink::Stdout => (
-                std::io::stdout()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map(File::from),
-                PathBuf::from("(stdout)"),
-            ),
-            AuditSink::Stderr => (
-                std::io::stderr()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map(File::from),
-                PathBuf::from("(stderr)"),
-            ),
+            AuditSink::Stdout => (duplicate(std::io::stdout()), PathBuf::from("(stdout)")),
+            AuditSink::Stderr => (duplicate(std::io::stderr()), PathBuf::from("(stderr)")),
             AuditSink::File(path) => {
                 use std::os::unix::fs::OpenOptionsExt as _;
                 (
