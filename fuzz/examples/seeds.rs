@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use tokenbridge_client::{Credentials, Secret};
 use tokenbridge_cred::{cache, process, process::ProcessOutput};
 use tokenbridge_fuzz::{NOW_SECS, cache_key};
-use tokenbridge_server::jwt::MAX_TOKEN_BYTES;
+use tokenbridge_server::google::jwt::MAX_TOKEN_BYTES;
 use tokenbridge_testing::{Issuer, ServiceAccount};
 
 const AUDIENCE: &str = "https://tokenbridge.example.com";

@@ -1,5 +1,5 @@
 //! The JWKS document as the server parses a fetched body
-//! (`tokenbridge_server::jwks::parse_untrusted`).
+//! (`tokenbridge_server::google::jwks::parse_untrusted`).
 //!
 //! Invariants:
 //! - a body plain serde_json cannot read, or that is valid JSON but neither
@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserializer as _;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde_json::{Value, json};
-use tokenbridge_server::jwks::{MIN_RSA_BITS, parse_untrusted};
+use tokenbridge_server::google::jwks::{MIN_RSA_BITS, parse_untrusted};
 
 /// A `kid` no input can already have (checked before it is used).
 const FRESH_KID: &str = "fuzz-fresh-kid-0f1e2d3c4b5a";

@@ -1,5 +1,5 @@
 //! The server's whole pre-signature token path
-//! (`tokenbridge_server::jwt::check_untrusted`): size limit, compact-JWS
+//! (`tokenbridge_server::google::jwt::check_untrusted`): size limit, compact-JWS
 //! shape, header rules, strict duplicate-refusing JSON parse of header and
 //! payload, claim types.
 //!
@@ -24,7 +24,7 @@
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value};
-use tokenbridge_server::jwt::{Claims, MAX_TOKEN_BYTES, VerifyError, check_untrusted};
+use tokenbridge_server::google::jwt::{Claims, MAX_TOKEN_BYTES, VerifyError, check_untrusted};
 
 fuzz_target!(|data: &[u8]| {
     let (token, parts) = if data.first() == Some(&b'{') {

@@ -129,7 +129,7 @@ pub fn check_expiration(text: &str, expiration: SystemTime) {
 /// Asserts what every refusal of a config or policy file must be: at least
 /// one problem, each naming `path`, with a reason, and a line (when it has
 /// one) inside `src`.
-pub fn check_problems(problems: &[tokenbridge_server::diag::Problem], path: &Path, src: &str) {
+pub fn check_problems(problems: &[tokenbridge_policy::Problem], path: &Path, src: &str) {
     assert!(!problems.is_empty(), "refused without a problem");
     let lines = src.bytes().filter(|&b| b == b'\n').count() + 1;
     for problem in problems {
@@ -151,8 +151,8 @@ pub fn check_problems(problems: &[tokenbridge_server::diag::Problem], path: &Pat
 /// document (a missing table or key, which TOML places at its start) stays
 /// on line 1.
 pub fn check_shifted(
-    problems: &[tokenbridge_server::diag::Problem],
-    shifted: &[tokenbridge_server::diag::Problem],
+    problems: &[tokenbridge_policy::Problem],
+    shifted: &[tokenbridge_policy::Problem],
 ) {
     assert_eq!(problems.len(), shifted.len(), "{problems:?} vs {shifted:?}");
     for (before, after) in problems.iter().zip(shifted) {

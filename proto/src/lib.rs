@@ -4,6 +4,9 @@
 //! exchange, part of the external contract) and
 //! `proto/tokenbridge/v1/admin.proto` (policy administration). Messages that carry secrets have a hand-written
 //! `Debug` that prints `** redacted **` in place of the secret fields.
+//!
+//! Beside the generated code, the two things client and server must agree
+//! on: [`status`] (code names, retryability, `RetryInfo`) and [`Secret`].
 
 #![forbid(unsafe_code)]
 
@@ -17,8 +20,8 @@ pub mod v1 {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             f.debug_struct("GetCredentialsResponse")
                 .field("access_key_id", &self.access_key_id)
-                .field("secret_access_key", &crate::REDACTED)
-                .field("session_token", &crate::REDACTED)
+                .field("secret_access_key", &crate::Redacted)
+                .field("session_token", &crate::Redacted)
                 .field("expiration", &self.expiration)
                 .field("assumed_role_arn", &self.assumed_role_arn)
                 .field("role_session_name", &self.role_session_name)
@@ -31,7 +34,7 @@ pub mod v1 {
             let token: &dyn std::fmt::Debug = if self.token.is_empty() {
                 &""
             } else {
-                &crate::REDACTED
+                &crate::Redacted
             };
             f.debug_struct("ExplainRequest")
                 .field("token", token)
@@ -42,18 +45,10 @@ pub mod v1 {
     }
 }
 
-/// What a redacted field prints as.
-pub const REDACTED: Redacted = Redacted;
+pub mod secret;
+pub mod status;
 
-/// A marker whose `Debug` and `Display` print `** redacted **`.
-#[derive(Clone, Copy)]
-pub struct Redacted;
-
-impl std::fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("** redacted **")
-    }
-}
+pub use secret::{REDACTED, Redacted, Secret};
 
 /// The encoded `FileDescriptorSet` of the tokenbridge protos, for server
 /// reflection.

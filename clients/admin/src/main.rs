@@ -26,12 +26,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use serde_json::{Value, json};
 use tokenbridge_client::{IdTokenSource as _, MetadataIdTokenSource};
+use tokenbridge_policy::{Binding, file as bindings, trust};
 use tokenbridge_proto::v1::{self as pb, policy_admin_client::PolicyAdminClient};
-use tokenbridge_server::{
-    bindings::{self, Binding},
-    policy_admin::{binding_to_pb, pb_to_binding},
-    trust,
-};
 use tonic::{
     Code, Request, Status,
     metadata::MetadataValue,
@@ -465,7 +461,7 @@ async fn run(cli: Cli) -> Result<u8> {
             let r = admin
                 .client
                 .validate(admin.request(pb::ValidateRequest {
-                    bindings: bindings.into_iter().map(binding_to_pb).collect(),
+                    bindings: bindings.into_iter().map(pb::Binding::from).collect(),
                 }))
                 .await?
                 .into_inner();
@@ -494,7 +490,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 .all_bindings()
                 .await?
                 .into_iter()
-                .map(pb_to_binding)
+                .map(Binding::from)
                 .collect();
             let text = bindings::to_toml_string(&bindings)
                 .map_err(|e| Failure::new(EX_FAILED, format!("cannot write TOML: {e}")))?;
@@ -628,7 +624,7 @@ async fn run(cli: Cli) -> Result<u8> {
                 .get_binding(admin.request(pb::GetBindingRequest { name: binding }))
                 .await?
                 .into_inner();
-            return print_trust_policy(&pb_to_binding(b), &exchange_audiences, out);
+            return print_trust_policy(&Binding::from(b), &exchange_audiences, out);
         }
         Command::TrustPolicy { file: Some(_), .. } | Command::LintTrustPolicy { .. } => {
             unreachable!("handled before connecting")
@@ -649,14 +645,14 @@ async fn apply(
         .all_bindings()
         .await?
         .into_iter()
-        .map(|b| (b.name.clone(), pb_to_binding(b)))
+        .map(|b| (b.name.clone(), Binding::from(b)))
         .collect();
     // The service decides what changes; it reports names, and the diff of
     // each comes from the two versions.
     let report = admin
         .client
         .apply_bindings(admin.request(pb::ApplyBindingsRequest {
-            bindings: wanted.iter().cloned().map(binding_to_pb).collect(),
+            bindings: wanted.iter().cloned().map(pb::Binding::from).collect(),
             prune,
             dry_run,
         }))
@@ -947,7 +943,7 @@ fn fields(v: &Value) -> BTreeMap<String, String> {
 }
 
 fn binding_json(b: &pb::Binding) -> Value {
-    let mut v = model_json(&pb_to_binding(b.clone()));
+    let mut v = model_json(&Binding::from(b.clone()));
     if let Value::Object(map) = &mut v {
         map.insert("etag".into(), json!(b.etag));
         map.insert(
@@ -973,7 +969,7 @@ fn denied_json(d: &pb::DeniedServiceAccount) -> Value {
 
 fn print_binding(b: &pb::Binding) {
     let mut t = table(&["FIELD", "VALUE"]);
-    for (field, value) in fields(&model_json(&pb_to_binding(b.clone()))) {
+    for (field, value) in fields(&model_json(&Binding::from(b.clone()))) {
         t.add_row(vec![field, value]);
     }
     t.add_row(vec!["etag".to_string(), b.etag.clone()]);

@@ -7,7 +7,8 @@
 use std::{path::Path, process::Output};
 
 use serde_json::Value;
-use tokenbridge_server::{Config, PolicySnapshot, app, bindings};
+use tokenbridge_policy::file as bindings;
+use tokenbridge_server::{Config, PolicySnapshot, app};
 use tokenbridge_testing::{Issuer, JwksServer, Moto, ServiceAccount};
 
 const AUDIENCE: &str = "https://tokenbridge.test";

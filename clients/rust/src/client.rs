@@ -16,11 +16,12 @@ use tonic::{
 };
 use tracing::{debug, instrument};
 
+use tokenbridge_proto::Secret;
+
 use crate::{
     config::{Config, RetryPolicy},
     error::{Error, chain, one_line},
     id_token::IdToken,
-    secret::Secret,
 };
 
 /// What to ask tokenbridge for.

@@ -3,6 +3,7 @@
 
 use std::{error::Error as StdError, time::Duration};
 
+use tokenbridge_proto::status::{self, code_name};
 use tonic::Code;
 
 /// Why no credentials (or no ID token) could be had.
@@ -147,10 +148,7 @@ impl Error {
                 true
             }
             Error::MetadataRefused { status, .. } => *status == 429 || *status >= 500,
-            Error::Refused { code, .. } => matches!(
-                code,
-                Code::Unavailable | Code::ResourceExhausted | Code::Unauthenticated
-            ),
+            Error::Refused { code, .. } => status::retry_may_help(*code),
         }
     }
 
@@ -168,29 +166,6 @@ impl Error {
         Error::Config {
             reason: one_line(&reason.into()),
         }
-    }
-}
-
-/// The canonical name of a gRPC status code, as in the gRPC specification.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

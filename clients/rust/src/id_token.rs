@@ -15,10 +15,8 @@ use aws_smithy_async::time::{SharedTimeSource, SystemTimeSource, TimeSource};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use tracing::{debug, instrument};
 
-use crate::{
-    error::{Error, chain, one_line},
-    secret::Secret,
-};
+use crate::error::{Error, chain, one_line};
+use tokenbridge_proto::Secret;
 
 /// The metadata server's host when `GCE_METADATA_HOST` is not set.
 pub const DEFAULT_METADATA_HOST: &str = "metadata.google.internal";

@@ -46,17 +46,16 @@ mod config;
 mod error;
 mod id_token;
 mod provider;
-mod secret;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use client::{Client, Credentials, CredentialsRequest, account_id};
 pub use config::{Config, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, RetryPolicy};
-pub use error::{Error, code_name};
+pub use error::Error;
 pub use id_token::{
     DEFAULT_METADATA_HOST, DEFAULT_METADATA_TIMEOUT, DEFAULT_REFRESH_MARGIN, IdToken,
     IdTokenFuture, IdTokenSource, METADATA_HOST_ENV, MetadataIdTokenSource,
     MetadataIdTokenSourceBuilder,
 };
 pub use provider::CredentialsProvider;
-pub use secret::{REDACTED, Secret};
+pub use tokenbridge_proto::{REDACTED, Secret, status::code_name};

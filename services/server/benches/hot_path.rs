@@ -8,15 +8,16 @@
 use std::{hint::black_box, path::Path, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::future::BoxFuture;
+use tokenbridge_policy::Caller;
+use tokenbridge_proto::Secret;
 use tokenbridge_server::{
     PolicySnapshot,
-    bindings::Caller,
-    cache::{CacheConfig, CacheKey, CredentialCache, SystemClock},
+    aws::cache::{CacheConfig, CacheKey, CredentialCache, SystemClock},
+    aws::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
     config::{DEFAULT_ISSUERS, GoogleConfig},
-    jwks::Jwks,
-    jwt::Verifier,
-    secret::Secret,
-    sts::{AssumeRole, AssumeRoleRequest, BoxFuture, Credentials, StsError},
+    google::jwks::Jwks,
+    google::jwt::Verifier,
 };
 use tokenbridge_testing::{Issuer, JwksServer, ServiceAccount};
 

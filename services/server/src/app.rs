@@ -30,28 +30,30 @@
 //! time.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use tokio_util::task::AbortOnDropHandle;
 
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use tokenbridge_policy::PolicySnapshot;
+
 use crate::{
-    admin,
-    audit::{AuditError, AuditLog, AuditSink},
-    bindings::PolicySnapshot,
-    cache::{CredentialCache, SystemClock},
+    aws::cache::{CredentialCache, SystemClock},
+    aws::sts::Sts,
     config::Config,
     exchange::Exchange,
-    grpc::{self, TokenExchangeService},
+    google::jwks::Jwks,
+    google::jwt::Verifier,
     health::{HealthHandle, health},
-    jwks::Jwks,
-    jwt::Verifier,
-    limits::{JANITOR_INTERVAL, RateLimits},
-    metrics::{Metrics, MetricsError},
+    observability::audit::{AuditError, AuditLog, AuditSink},
+    observability::metrics::{Metrics, MetricsError},
+    observability::probes,
     policy_admin::{AdminAccess, PolicyAdminService, PolicySource},
     store::{PolicyStore as _, Store, StoreError, load_snapshot},
-    sts::Sts,
-    tls::{self, TlsError, TlsReloader},
+    transport::grpc::{self, TokenExchangeService},
+    transport::limits::{JANITOR_INTERVAL, RateLimits},
+    transport::tls::{self, TlsError, TlsReloader},
 };
 
 /// The HTTP/2 layer accepts header blocks up to this many times
@@ -337,7 +339,7 @@ impl Service {
     /// tokens (same keys) but for the admin audiences.
     fn policy_admin(&self) -> Option<PolicyAdminService> {
         let p = self.config.policy_admin.as_ref()?;
-        let google = crate::config::GoogleConfig {
+        let google = crate::google::GoogleConfig {
             audiences: p.audiences.clone(),
             ..self.config.google.clone()
         };
@@ -390,7 +392,7 @@ impl Service {
         let policy_admin = self.policy_admin();
         let follow = self.store.clone().map(|store| {
             let exchange = self.exchange.clone();
-            AbortOnDrop(tokio::spawn(follow_store(store, exchange)))
+            AbortOnDropHandle::new(tokio::spawn(follow_store(store, exchange)))
         });
         let policy_admin_addr = policy_admin_listener
             .as_ref()
@@ -416,7 +418,7 @@ impl Service {
                 let _ = drained.wait_for(|stop| *stop).await;
                 tokio::time::sleep(drain).await;
             };
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 let router = tonic::transport::Server::builder().add_service(
                     tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
                 );
@@ -467,10 +469,11 @@ impl Service {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
-        let keys = AbortOnDrop(tokio::spawn(keep_keys(jwks, reporter.clone())));
-        let janitor = AbortOnDrop(tokio::spawn(forget_idle_callers(rate_limits.clone())));
+        let keys = AbortOnDropHandle::new(tokio::spawn(keep_keys(jwks, reporter.clone())));
+        let janitor =
+            AbortOnDropHandle::new(tokio::spawn(forget_idle_callers(rate_limits.clone())));
         let tls_watch = tls.clone().map(|t| {
-            AbortOnDrop(tokio::spawn(async move {
+            AbortOnDropHandle::new(tokio::spawn(async move {
                 t.watch_files().await;
             }))
         });
@@ -478,8 +481,8 @@ impl Service {
         // Up until the gRPC server has drained: `/readyz` says 503 meanwhile.
         let admin = admin_listener.map(|l| {
             let (metrics, reporter) = (metrics.clone(), reporter.clone());
-            AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = admin::serve(l, metrics, reporter, std::future::pending()).await {
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                if let Err(e) = probes::serve(l, metrics, reporter, std::future::pending()).await {
                     warn!(error = %e, "admin listener failed");
                 }
             }))
@@ -562,12 +565,13 @@ impl Service {
             // It ends on its own within the drain time from when draining
             // started (the same signal as the exchange listener's).
             stop_policy_admin.send_replace(true);
-            let _ = (&mut task.0).await;
+            let _ = (&mut task).await;
         }
         drop((keys, janitor, tls_watch, follow));
         // The admin listener is closed once this returns.
         if let Some(admin) = admin {
-            admin.stop().await;
+            admin.abort();
+            let _ = admin.await;
         }
         info!("tokenbridge stopped");
         Ok(())
@@ -580,23 +584,6 @@ fn tcp_incoming(listener: TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)))
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(JoinHandle<()>);
-
-impl AbortOnDrop {
-    /// Aborts the task and waits until it is gone.
-    async fn stop(mut self) {
-        self.0.abort();
-        let _ = (&mut self.0).await;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {

@@ -30,14 +30,14 @@
 //! | `cache.max_entries` | `100000` | most credentials cached |
 //! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
 //! | `cache.refresh_window_seconds` | `600` | refresh in the background this long before the margin |
-//! | `limits.*` | see [`crate::limits`] | rate, concurrency, deadline and size limits |
-//! | `tls.*` | off | see [`crate::tls`] |
-//! | `admin.listen` | `127.0.0.1:9464` | `/metrics`, `/healthz`, `/readyz` (see [`crate::admin`]) |
+//! | `limits.*` | see [`crate::transport::limits`] | rate, concurrency, deadline and size limits |
+//! | `tls.*` | off | see [`crate::transport::tls`] |
+//! | `admin.listen` | `127.0.0.1:9464` | `/metrics`, `/healthz`, `/readyz` (see [`crate::observability::probes`]) |
 //! | `admin.enabled` | `true` | `false`: no admin listener |
-//! | `audit.sink` | `stdout` | `stdout`, `stderr` or `file` (see [`crate::audit`]) |
+//! | `audit.sink` | `stdout` | `stdout`, `stderr` or `file` (see [`crate::observability::audit`]) |
 //! | `audit.path` | required with `sink = "file"` | the audit file; relative to the config file's folder |
 //! | `audit.gcp_project_id` | none | project for `logging.googleapis.com/trace` |
-//! | `telemetry.otlp_endpoint` | none: traces off | OTLP/gRPC collector (see [`crate::telemetry`]) |
+//! | `telemetry.otlp_endpoint` | none: traces off | OTLP/gRPC collector (see [`crate::observability::telemetry`]) |
 //! | `telemetry.sampling_ratio` | `1.0` | share of root traces sampled |
 //! | `telemetry.service_name` | `tokenbridge` | `service.name` of the traces |
 //!
@@ -53,20 +53,22 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::{
-    admin::{AdminConfig, DEFAULT_LISTEN},
-    audit::{AuditConfig, AuditSink},
-    cache::CacheConfig,
-    diag::{Problem, Problems},
-    limits::{LimitsConfig, Rate},
-    telemetry::TelemetryConfig,
-    tls::TlsConfig,
-};
+use tokenbridge_policy::diag::{Problem, Problems};
 
-/// Google's production JWKS endpoint.
-pub const DEFAULT_JWKS_URI: &str = "https://www.googleapis.com/oauth2/v3/certs";
-/// The issuers Google puts in ID tokens.
-pub const DEFAULT_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
+// Each section's type lives with the component it configures; this module
+// reads the file, checks it, and reports every problem with its line. The
+// types are re-exported here as the config file's sections.
+pub use crate::{
+    aws::{AwsConfig, FallbackRegion, cache::CacheConfig},
+    google::{DEFAULT_ISSUERS, DEFAULT_JWKS_URI, GoogleConfig},
+    observability::{audit::AuditConfig, probes::AdminConfig, telemetry::TelemetryConfig},
+    policy_admin::PolicyAdminConfig,
+    store::StoreConfig,
+    transport::{limits::LimitsConfig, tls::TlsConfig},
+};
+use crate::{
+    observability::audit::AuditSink, observability::probes::DEFAULT_LISTEN, transport::limits::Rate,
+};
 
 /// The validated service configuration.
 #[derive(Debug, Clone)]
@@ -97,41 +99,6 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
-/// `[store]`: the SQL policy store.
-#[derive(Clone)]
-pub struct StoreConfig {
-    /// `sqlite://PATH` (absolute once loaded) or `postgres://…`. May hold a
-    /// password: `Debug` prints only the scheme.
-    pub url: String,
-    /// PostgreSQL: the schema holding the tables (default: `public`).
-    pub schema: Option<String>,
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let scheme = self.url.split_once("://").map_or("?", |(s, _)| s);
-        f.debug_struct("StoreConfig")
-            .field("url", &format_args!("{scheme}://** redacted **"))
-            .field("schema", &self.schema)
-            .finish()
-    }
-}
-
-/// `[policy_admin]`: the `PolicyAdmin` gRPC listener and who may call it.
-#[derive(Debug, Clone)]
-pub struct PolicyAdminConfig {
-    /// Address of its listener (plaintext gRPC; bind it to loopback or a
-    /// private address, or put a TLS-terminating proxy in front).
-    pub listen: SocketAddr,
-    /// Accepted `aud` values of admin tokens.
-    pub audiences: Vec<String>,
-    /// Unique IDs or emails allowed to call.
-    pub principals: Vec<String>,
-    /// Serve TLS (the `[tls]` certificate, key and client CA) instead of
-    /// plaintext.
-    pub tls: bool,
-}
-
 /// `[server]`.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -139,49 +106,6 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// On SIGTERM, how long in-flight calls may take to finish.
     pub drain_timeout: Duration,
-}
-
-/// `[google]`: how ID tokens are verified.
-#[derive(Debug, Clone)]
-pub struct GoogleConfig {
-    /// Accepted `aud` values.
-    pub audiences: Vec<String>,
-    /// Where Google's signing keys are fetched from.
-    pub jwks_uri: String,
-    /// Accepted `iss` values.
-    pub issuers: Vec<String>,
-    /// Minimum time between two refetches caused by unknown `kid`s.
-    pub jwks_refetch_cooldown: Duration,
-    /// Time limit of one JWKS fetch.
-    pub jwks_timeout: Duration,
-    /// Most verified tokens remembered (0: verify every time).
-    pub verified_token_cache_entries: u64,
-    /// How long past their `max-age` the last good keys keep verifying
-    /// while no fresh key set can be fetched.
-    pub jwks_stale_window: Duration,
-}
-
-/// `[aws]`: how STS is called.
-#[derive(Debug, Clone)]
-pub struct AwsConfig {
-    /// STS region.
-    pub region: String,
-    /// Endpoint override (VPC endpoint, local emulator).
-    pub sts_endpoint: Option<String>,
-    /// Time limit of one `AssumeRoleWithWebIdentity`, retries and fallback
-    /// regions included.
-    pub sts_timeout: Duration,
-    /// Regions tried in order when the primary fails with a retryable error.
-    pub fallback_regions: Vec<FallbackRegion>,
-}
-
-/// A region STS calls fall back to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FallbackRegion {
-    /// The region.
-    pub region: String,
-    /// Endpoint override; `None`: the region's STS endpoint.
-    pub sts_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -708,7 +632,7 @@ fn policy_admin(
         );
     }
     for v in p.principals.get_ref() {
-        if crate::bindings::classify_service_account(v.get_ref()).is_none() {
+        if tokenbridge_policy::rules::classify_service_account(v.get_ref()).is_none() {
             problems.at(
                 v.span(),
                 format!(

@@ -1,10 +1,10 @@
 //! The one error type of an exchange, and what each case tells the caller.
 //! Its mapping to gRPC status codes lives in exactly one place:
-//! `impl From<Error> for tonic::Status` in [`crate::grpc`].
+//! `impl From<Error> for tonic::Status` in [`crate::transport::grpc`].
 
 use std::time::Duration;
 
-use crate::{jwt::VerifyError, sts::StsError};
+use crate::{aws::sts::StsError, google::jwt::VerifyError};
 
 /// How long a caller is told to wait (`google.rpc.RetryInfo`) before
 /// retrying a call that failed because an upstream (Google's keys, STS) is

@@ -7,15 +7,21 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use tracing::{debug, debug_span, field::Empty, instrument};
 
+use tokenbridge_policy::{
+    Caller, PolicySnapshot, Refusal,
+    rules::{self, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS},
+};
+
+use futures_util::future::BoxFuture;
+use tokenbridge_proto::Secret;
+
 use crate::{
-    bindings::{Caller, ComputeEngine, Decision, PolicySnapshot, Refusal},
-    cache::{CacheKey, CredentialCache},
+    aws::cache::{CacheKey, CredentialCache},
+    aws::sts::{AssumeRoleRequest, Credentials, session_name},
     error::Error,
-    jwt::{Claims, VerifiedToken, Verifier, VerifyError},
-    limits::RateLimits,
-    policy::{self, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS},
-    secret::Secret,
-    sts::{AssumeRoleRequest, BoxFuture, Credentials, session_name},
+    google::jwt::{Claims, VerifiedToken, Verifier, VerifyError},
+    observability::audit::Facts,
+    transport::limits::RateLimits,
 };
 
 /// The caller as the policy sees it: `sub`, email, and the GCE claims of a
@@ -25,13 +31,7 @@ pub fn caller_of(claims: &Claims) -> Caller {
         sub: claims.sub.clone(),
         email: claims.email.clone(),
         email_verified: claims.email_verified,
-        compute_engine: claims.gce.as_deref().map(|g| ComputeEngine {
-            project_id: g.project_id.clone(),
-            project_number: g.project_number.map(|n| n.to_string()),
-            zone: g.zone.clone(),
-            instance_name: g.instance_name.clone(),
-            instance_id: g.instance_id.clone(),
-        }),
+        compute_engine: claims.gce.as_deref().cloned(),
     }
 }
 
@@ -63,23 +63,6 @@ pub struct Issued {
     pub credentials: Credentials,
     /// The session name given to STS.
     pub role_session_name: String,
-}
-
-/// What an exchange established on its way, as far as it got: for the
-/// audit log. Filled in by [`Exchange::exchange_recorded`].
-#[derive(Debug, Default)]
-pub struct Facts {
-    /// The verified token's claims (none if it was not verified).
-    pub claims: Option<Claims>,
-    /// The role the policy allows the caller.
-    pub role_arn: Option<String>,
-    /// The decision: the bindings that grant the role, the durations they
-    /// allow, the session scoping.
-    pub decision: Option<Decision>,
-    /// The credentials' lifetime asked of STS.
-    pub duration_seconds: Option<u32>,
-    /// The session name given to STS.
-    pub role_session_name: Option<String>,
 }
 
 /// The exchange service's core.
@@ -190,7 +173,7 @@ impl Exchange {
         }
 
         if !req.role_arn.is_empty() {
-            policy::check_role_arn(&req.role_arn)
+            rules::check_role_arn(&req.role_arn)
                 .map_err(|why| Error::InvalidArgument(format!("role_arn: {why}")))?;
         }
         let requested = req.duration_seconds;
@@ -264,11 +247,7 @@ impl Exchange {
 /// The status a refusal gets, with a message that names the service account
 /// and the role but never the token.
 fn refused(refusal: Refusal, caller: &Caller, role_arn: &str) -> Error {
-    // As in every refusal: the unique ID, and the email only if verified.
-    let who = match caller.email.as_deref().filter(|_| caller.email_verified) {
-        Some(email) => format!("{} ({email})", caller.sub),
-        None => caller.sub.clone(),
-    };
+    let who = caller.name();
     match refusal {
         Refusal::ServiceAccountDenied => Error::PermissionDenied(format!(
             "service account {who} is on the deny list; ask the platform team"

@@ -82,7 +82,7 @@ fn known(service: &str) -> Result<(), Status> {
     } else {
         Err(Status::not_found(format!(
             "unknown service `{}`",
-            crate::policy::shorten(service)
+            tokenbridge_policy::rules::shorten(service)
         )))
     }
 }

@@ -92,14 +92,15 @@ fn main() -> ExitCode {
             let code = runtime.block_on(async move {
                 // Logging (and tracing, if configured) from here on: the
                 // trace exporter needs the runtime.
-                let telemetry = match tokenbridge_server::telemetry::init_with(&cfg.telemetry) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tokenbridge_server::telemetry::init();
-                        error!(error = %e, "cannot start");
-                        return ExitCode::from(EX_UNAVAILABLE);
-                    }
-                };
+                let telemetry =
+                    match tokenbridge_server::observability::telemetry::init_with(&cfg.telemetry) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tokenbridge_server::observability::telemetry::init();
+                            error!(error = %e, "cannot start");
+                            return ExitCode::from(EX_UNAVAILABLE);
+                        }
+                    };
                 let code = serve(cfg, policy).await;
                 telemetry.shutdown().await;
                 code

@@ -14,12 +14,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use tokenbridge_server::{
-    bindings::{self, Binding, Caller, Conditions, Refusal},
-    store::{
-        AuditAction, AuditQuery, PgOptions, PgStore, PolicyStore, SqliteOptions, SqliteStore,
-        Store, StoreError, load_snapshot,
-    },
+use tokenbridge_policy::{Binding, Caller, ComputeEngine, Conditions, Refusal, file as bindings};
+use tokenbridge_server::store::{
+    AuditAction, AuditQuery, PgOptions, PgStore, PolicyStore, SqliteOptions, SqliteStore, Store,
+    StoreError, load_snapshot,
 };
 
 const ROLE_A: &str = "arn:aws:iam::111122223333:role/RoleA";
@@ -729,7 +727,7 @@ async fn snapshot_applies_conditions_and_the_deny_list(h: Harness) {
         sub: SUB.into(),
         email: None,
         email_verified: false,
-        compute_engine: Some(bindings::ComputeEngine {
+        compute_engine: Some(ComputeEngine {
             project_id: Some(project.into()),
             project_number: Some("123456789012".into()),
             zone: Some("us-central1-b".into()),

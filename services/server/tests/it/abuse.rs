@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokenbridge_proto::v1::GetCredentialsRequest;
-use tokenbridge_server::limits::{LimitsConfig, Rate};
+use tokenbridge_server::transport::limits::{LimitsConfig, Rate};
 use tokenbridge_testing::{FakeSts, FakeStsMode};
 use tonic::{Code, Request};
 use tonic_health::pb::{
@@ -266,7 +266,7 @@ async fn an_oversized_request_message_is_resource_exhausted() {
 
 #[test]
 fn idle_callers_are_forgotten() {
-    let limits = tokenbridge_server::limits::RateLimits::new(&LimitsConfig {
+    let limits = tokenbridge_server::transport::limits::RateLimits::new(&LimitsConfig {
         per_peer: Rate::new(1_000_000, 1),
         per_peer_exempt_loopback: false,
         per_subject: Rate::new(1_000_000, 1),

@@ -7,17 +7,17 @@ use tokenbridge_proto::v1::{
 };
 use tokenbridge_server::{
     PolicySnapshot,
-    admin::AdminConfig,
     app::{self, Running},
-    audit::{AuditConfig, AuditSink},
-    cache::CacheConfig,
+    aws::cache::CacheConfig,
     config::{
         AwsConfig, Config, DEFAULT_ISSUERS, FallbackRegion, GoogleConfig, PolicyAdminConfig,
         ServerConfig, StoreConfig,
     },
-    limits::LimitsConfig,
-    telemetry::TelemetryConfig,
-    tls::TlsConfig,
+    observability::audit::{AuditConfig, AuditSink},
+    observability::probes::AdminConfig,
+    observability::telemetry::TelemetryConfig,
+    transport::limits::LimitsConfig,
+    transport::tls::TlsConfig,
 };
 use tokenbridge_testing::{Issuer, JwksServer, Moto, ServiceAccount};
 use tonic::{Request, Status, transport::Channel};

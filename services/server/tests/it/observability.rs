@@ -8,8 +8,8 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use prometheus_parse::{Scrape, Value};
 use tokenbridge_server::{
     app::AppError,
-    audit::{AuditConfig, AuditSink},
-    limits::{LimitsConfig, Rate},
+    observability::audit::{AuditConfig, AuditSink},
+    transport::limits::{LimitsConfig, Rate},
 };
 use tokenbridge_testing::{
     FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FAKE_SESSION_TOKEN, FakeSts, FakeStsMode,

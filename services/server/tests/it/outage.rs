@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tokenbridge_server::{cache::CacheConfig, config::FallbackRegion};
+use tokenbridge_server::{aws::cache::CacheConfig, config::FallbackRegion};
 use tokenbridge_testing::{
     FAKE_ACCESS_KEY_ID, FakeSts, FakeStsMode, FaultProxy, Issuer, JwksFault, JwksServer, Moto,
     ProxyMode,

@@ -1036,7 +1036,7 @@ async fn two_replicas_on_postgres_agree_within_two_seconds() {
 
 #[tokio::test]
 async fn every_admin_call_leaves_an_audit_line_refusals_included() {
-    use tokenbridge_server::audit::{AuditConfig, AuditSink};
+    use tokenbridge_server::observability::audit::{AuditConfig, AuditSink};
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.jsonl");
     let a = Admin::sqlite_with(Options {
@@ -1086,7 +1086,7 @@ async fn every_admin_call_leaves_an_audit_line_refusals_included() {
 
 #[tokio::test]
 async fn the_admin_listener_can_serve_tls_only() {
-    use tokenbridge_server::tls::TlsConfig;
+    use tokenbridge_server::transport::tls::TlsConfig;
     let dir = tempfile::tempdir().unwrap();
     let ca = tokenbridge_testing::Pki::new("tokenbridge admin test CA");
     let (cert, key) = ca.server().write(dir.path(), "server");

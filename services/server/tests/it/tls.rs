@@ -8,7 +8,7 @@ use std::{path::Path, time::Duration};
 use tokenbridge_client::{
     Client, Config as ClientConfig, CredentialsRequest, IdToken, RetryPolicy,
 };
-use tokenbridge_server::tls::{Reload, TlsConfig};
+use tokenbridge_server::transport::tls::{Reload, TlsConfig};
 use tokenbridge_testing::{FakeSts, FakeStsMode, Pki};
 
 use crate::common::*;

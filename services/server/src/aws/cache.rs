@@ -34,10 +34,11 @@ use moka::{Expiry, future::Cache, ops::compute::Op};
 use rand::Rng as _;
 use tracing::{debug, warn};
 
+use tokenbridge_policy::SessionScope;
+
 use crate::{
-    bindings::SessionScope,
-    metrics::{CacheLookup, Metrics},
-    sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
+    aws::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
+    observability::metrics::{CacheLookup, Metrics},
 };
 
 /// Tells the time; tests move it.
@@ -317,7 +318,8 @@ mod tests {
     use std::sync::{Mutex, atomic::AtomicUsize};
 
     use super::*;
-    use crate::{secret::Secret, sts::BoxFuture};
+    use futures_util::future::BoxFuture;
+    use tokenbridge_proto::Secret;
 
     /// A clock tests move by hand.
     struct ManualClock(Mutex<SystemTime>);

@@ -19,7 +19,10 @@ use std::{collections::BTreeSet, fmt};
 
 use serde_json::{Map, Value, json};
 
-use crate::bindings::{Binding, ServiceAccountRef, classify_service_account};
+use crate::{
+    binding::Binding,
+    rules::{ServiceAccountRef, classify_service_account},
+};
 
 /// The principal STS uses for Google's ID tokens.
 pub const GOOGLE_FEDERATED_PRINCIPAL: &str = "accounts.google.com";

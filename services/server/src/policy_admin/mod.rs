@@ -24,26 +24,43 @@ use std::{
     time::{Instant, SystemTime},
 };
 
+use tokenbridge_proto::status::{self, code_name};
 use tokenbridge_proto::v1::{self as pb, policy_admin_server::PolicyAdmin};
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::{error, warn};
 
+use tokenbridge_policy::{
+    Binding, Caller, PolicySnapshot, Violation,
+    rules::{check_role_arn, classify_service_account},
+    validate_set, wire,
+};
+
 use crate::{
-    audit::{AdminEntry, AuditLog},
-    bindings::{
-        Binding, Caller, ComputeEngine, Conditions, Outcome, PolicySnapshot, Violation,
-        classify_service_account, validate_set,
-    },
     error::{Error, RETRY_UPSTREAM},
     exchange::{Exchange, VerifyToken},
-    grpc::{bearer_token, code_name},
-    policy::check_role_arn,
+    observability::audit::{AdminEntry, AuditLog},
     store::{
         AuditEntry, AuditQuery, DeniedServiceAccount, MAX_PAGE_SIZE, PolicyStore, Store,
         StoreError, StoredBinding, load_snapshot,
     },
+    transport::grpc::bearer_token,
 };
+
+/// `[policy_admin]`: the `PolicyAdmin` gRPC listener and who may call it.
+#[derive(Debug, Clone)]
+pub struct PolicyAdminConfig {
+    /// Address of its listener (plaintext gRPC; bind it to loopback or a
+    /// private address, or put a TLS-terminating proxy in front).
+    pub listen: SocketAddr,
+    /// Accepted `aud` values of admin tokens.
+    pub audiences: Vec<String>,
+    /// Unique IDs or emails allowed to call.
+    pub principals: Vec<String>,
+    /// Serve TLS (the `[tls]` certificate, key and client CA) instead of
+    /// plaintext.
+    pub tls: bool,
+}
 
 /// Who may call the admin API: a verifier for the admin audiences and the
 /// listed principals.
@@ -258,7 +275,7 @@ impl PolicyAdmin for PolicyAdminService {
                             .bindings()
                             .filter(|b| b.name.as_str() > after.as_str())
                             .take(limit as usize + 1)
-                            .map(|b| binding_to_pb(b.clone()))
+                            .map(|b| pb::Binding::from(b.clone()))
                             .collect()
                     }
                 };
@@ -296,7 +313,7 @@ impl PolicyAdmin for PolicyAdminService {
                         .exchange
                         .snapshot()
                         .binding(&req.name)
-                        .map(|b| binding_to_pb(b.clone()))
+                        .map(|b| pb::Binding::from(b.clone()))
                         .ok_or_else(|| {
                             Status::not_found(format!("binding `{}` not found", req.name))
                         }),
@@ -395,7 +412,7 @@ impl PolicyAdmin for PolicyAdminService {
             |_| String::new(),
             |actor, req| async move {
                 let store = self.store()?;
-                let bindings: Vec<Binding> = req.bindings.into_iter().map(pb_to_binding).collect();
+                let bindings: Vec<Binding> = req.bindings.into_iter().map(Binding::from).collect();
                 let report = store
                     .apply(&actor, bindings, req.prune, req.dry_run)
                     .await
@@ -427,7 +444,7 @@ impl PolicyAdmin for PolicyAdminService {
                 }
                 let caller = match (req.token.is_empty(), req.claims) {
                     (false, None) => {
-                        let token = crate::secret::Secret::new(req.token);
+                        let token = tokenbridge_proto::Secret::new(req.token);
                         let verified = self
                             .exchange_verifier
                             .verify(token)
@@ -447,13 +464,13 @@ impl PolicyAdmin for PolicyAdminService {
                 let mut response = pb::ExplainResponse {
                     allowed: explanation.decision.is_ok(),
                     service_account_denied: explanation.denied,
-                    claims: Some(caller_to_pb(&caller)),
+                    claims: Some(pb::Claims::from(&caller)),
                     bindings: explanation
                         .evaluations
                         .into_iter()
                         .map(|e| pb::BindingEvaluation {
                             binding: e.binding,
-                            outcome: outcome_to_pb(e.outcome) as i32,
+                            outcome: pb::binding_evaluation::Outcome::from(e.outcome) as i32,
                             details: e.details,
                         })
                         .collect(),
@@ -488,7 +505,7 @@ impl PolicyAdmin for PolicyAdminService {
             request,
             |_| String::new(),
             |_, req| async move {
-                let bindings: Vec<Binding> = req.bindings.into_iter().map(pb_to_binding).collect();
+                let bindings: Vec<Binding> = req.bindings.into_iter().map(Binding::from).collect();
                 let violations: Vec<pb::FieldViolation> = validate_set(&bindings)
                     .into_iter()
                     .map(|v| pb::FieldViolation {
@@ -630,10 +647,10 @@ pub fn store_status(err: StoreError) -> Status {
         )),
         StoreError::Unavailable(ref source) => {
             warn!(error = %source, "policy store unavailable");
-            Status::with_error_details(
+            status::status(
                 Code::Unavailable,
                 "policy store unavailable; retry shortly",
-                ErrorDetails::with_retry_info(Some(RETRY_UPSTREAM)),
+                Some(RETRY_UPSTREAM),
             )
         }
         other => {
@@ -665,7 +682,7 @@ fn field_status(binding: &str, field: &str, reason: &str) -> Status {
     invalid_status(&[Violation {
         index: 0,
         binding: binding.to_string(),
-        error: crate::bindings::FieldError {
+        error: tokenbridge_policy::FieldError {
             field: field.to_string(),
             reason: reason.to_string(),
         },
@@ -706,7 +723,7 @@ fn page_after_name(token: &str) -> Result<String, Status> {
 
 fn required_binding(binding: Option<pb::Binding>) -> Result<Binding, Status> {
     binding
-        .map(pb_to_binding)
+        .map(Binding::from)
         .ok_or_else(|| field_status("", "binding", "required"))
 }
 
@@ -724,55 +741,12 @@ fn check_service_account(sa: &str) -> Result<(), Status> {
 // ---------------------------------------------------------------------------
 // Conversions between the wire and the model.
 
-/// A binding from the wire. Empty strings and lists mean "unset".
-pub fn pb_to_binding(b: pb::Binding) -> Binding {
-    let c = b.conditions.unwrap_or_default();
-    Binding {
-        name: b.name,
-        service_accounts: b.service_accounts,
-        role_arns: b.role_arns,
-        max_duration_seconds: b.max_duration_seconds,
-        default_duration_seconds: b.default_duration_seconds,
-        conditions: Conditions {
-            project_ids: c.project_ids,
-            project_numbers: c.project_numbers,
-            zones: c.zones,
-            instance_names: c.instance_names,
-        },
-        session_policy: (!b.session_policy.is_empty()).then_some(b.session_policy),
-        managed_policy_arns: b.managed_policy_arns,
-    }
-}
-
-/// A binding for the wire, without etag and times.
-pub fn binding_to_pb(b: Binding) -> pb::Binding {
-    let conditions = (!b.conditions.is_empty()).then_some(pb::Conditions {
-        project_ids: b.conditions.project_ids,
-        project_numbers: b.conditions.project_numbers,
-        zones: b.conditions.zones,
-        instance_names: b.conditions.instance_names,
-    });
-    pb::Binding {
-        name: b.name,
-        service_accounts: b.service_accounts,
-        role_arns: b.role_arns,
-        max_duration_seconds: b.max_duration_seconds,
-        default_duration_seconds: b.default_duration_seconds,
-        conditions,
-        session_policy: b.session_policy.unwrap_or_default(),
-        managed_policy_arns: b.managed_policy_arns,
-        etag: String::new(),
-        create_time: None,
-        update_time: None,
-    }
-}
-
 fn stored_to_pb(s: StoredBinding) -> pb::Binding {
     pb::Binding {
         etag: s.etag,
         create_time: Some(timestamp(s.created_at)),
         update_time: Some(timestamp(s.updated_at)),
-        ..binding_to_pb(s.binding)
+        ..pb::Binding::from(s.binding)
     }
 }
 
@@ -802,81 +776,13 @@ fn timestamp(t: SystemTime) -> prost_types::Timestamp {
     prost_types::Timestamp::from(t)
 }
 
-fn outcome_to_pb(o: Outcome) -> pb::binding_evaluation::Outcome {
-    use pb::binding_evaluation::Outcome as P;
-    match o {
-        Outcome::Matched => P::Matched,
-        Outcome::ServiceAccountNotListed => P::ServiceAccountNotListed,
-        Outcome::RoleNotListed => P::RoleNotListed,
-        Outcome::ConditionNotMet => P::ConditionNotMet,
-    }
-}
-
 fn pb_to_caller(c: pb::Claims) -> Result<Caller, Status> {
-    if c.sub.is_empty() {
-        return Err(field_status("", "claims.sub", "required"));
-    }
-    let gce = c.compute_engine.map(|g| {
-        let opt = |s: String| (!s.is_empty()).then_some(s);
-        ComputeEngine {
-            project_id: opt(g.project_id),
-            project_number: opt(g.project_number),
-            zone: opt(g.zone),
-            instance_name: opt(g.instance_name),
-            instance_id: opt(g.instance_id),
-        }
-    });
-    Ok(Caller {
-        sub: c.sub,
-        email: (!c.email.is_empty()).then_some(c.email),
-        email_verified: c.email_verified,
-        compute_engine: gce,
-    })
-}
-
-fn caller_to_pb(c: &Caller) -> pb::Claims {
-    pb::Claims {
-        sub: c.sub.clone(),
-        email: c.email.clone().unwrap_or_default(),
-        email_verified: c.email_verified,
-        compute_engine: c.compute_engine.as_ref().map(|g| pb::ComputeEngineClaims {
-            project_id: g.project_id.clone().unwrap_or_default(),
-            project_number: g.project_number.clone().unwrap_or_default(),
-            zone: g.zone.clone().unwrap_or_default(),
-            instance_name: g.instance_name.clone().unwrap_or_default(),
-            instance_id: g.instance_id.clone().unwrap_or_default(),
-        }),
-    }
+    wire::caller_from_pb(c).ok_or_else(|| field_status("", "claims.sub", "required"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wire_bindings_round_trip() {
-        let b = Binding {
-            name: "b".into(),
-            service_accounts: vec!["112233".into()],
-            role_arns: vec!["arn:aws:iam::111122223333:role/R".into()],
-            max_duration_seconds: Some(7200),
-            default_duration_seconds: None,
-            conditions: Conditions {
-                zones: vec!["us-*".into()],
-                ..Conditions::default()
-            },
-            session_policy: Some("{}".into()),
-            managed_policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
-        };
-        assert_eq!(pb_to_binding(binding_to_pb(b.clone())), b);
-        let plain = Binding {
-            name: "p".into(),
-            ..Binding::default()
-        };
-        let wire = binding_to_pb(plain.clone());
-        assert!(wire.conditions.is_none());
-        assert_eq!(pb_to_binding(wire), plain);
-    }
 
     #[test]
     fn store_errors_get_the_documented_codes() {
@@ -931,17 +837,6 @@ mod tests {
     fn explain_claims_need_a_subject() {
         let err = pb_to_caller(pb::Claims::default()).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        let caller = pb_to_caller(pb::Claims {
-            sub: "1".into(),
-            compute_engine: Some(pb::ComputeEngineClaims {
-                zone: "us-east1-b".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .unwrap();
-        let gce = caller.compute_engine.unwrap();
-        assert_eq!(gce.zone.as_deref(), Some("us-east1-b"));
-        assert_eq!(gce.project_id, None);
+        assert!(err.message().contains("claims.sub"), "{}", err.message());
     }
 }

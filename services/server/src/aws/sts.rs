@@ -16,7 +16,7 @@
 //! `sts_timeout_ms`, so the overall deadline stays what the shim's budget
 //! allows.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use aws_sdk_sts::{
     config::{BehaviorVersion, Region},
@@ -27,12 +27,13 @@ use aws_sdk_sts::{
 use aws_smithy_types::{retry::RetryConfig, timeout::TimeoutConfig};
 use tracing::{field::Empty, info, warn};
 
-use crate::{
-    bindings::SessionScope, config::AwsConfig, metrics::Metrics, policy::shorten, secret::Secret,
-};
+use tokenbridge_policy::{SessionScope, rules::shorten};
 
-/// A boxed, sendable future.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use futures_util::future::BoxFuture;
+use tokenbridge_proto::Secret;
+
+use super::AwsConfig;
+use crate::observability::metrics::Metrics;
 
 /// What is asked of STS.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //!
 //! | path | answer |
 //! | --- | --- |
-//! | `GET /metrics` | every metric ([`crate::metrics`]) in the Prometheus text format 0.0.4 |
+//! | `GET /metrics` | every metric ([`crate::observability::metrics`]) in the Prometheus text format 0.0.4 |
 //! | `GET /healthz` | `200 ok` while the process serves HTTP at all (liveness) |
 //! | `GET /readyz` | `200 ready` once Google's keys are loaded and until shutdown begins; else `503` with the reason (readiness) |
 //!
@@ -26,7 +26,7 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::{health::HealthHandle, metrics::Metrics};
+use crate::{health::HealthHandle, observability::metrics::Metrics};
 
 /// The default `admin.listen`.
 pub const DEFAULT_LISTEN: SocketAddr =

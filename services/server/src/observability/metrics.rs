@@ -1,12 +1,12 @@
 //! Metrics, recorded through OpenTelemetry and exported in the Prometheus
-//! text format at `/metrics` on the admin listener ([`crate::admin`]).
+//! text format at `/metrics` on the admin listener ([`crate::observability::probes`]).
 //!
 //! Every instrument is created once, when the service is built, and shared
 //! (`Arc<Metrics>`) by the subsystems that record into it. Labels are a
 //! small, fixed set of `&'static str` values (outcome, error kind, status
 //! code, STS region from the config, limit): recording allocates nothing,
 //! and never is a subject, an email or a role ARN a label (those go to the
-//! audit log, [`crate::audit`]).
+//! audit log, [`crate::observability::audit`]).
 //!
 //! | metric | type | labels | meaning |
 //! | --- | --- | --- | --- |
@@ -35,7 +35,14 @@ use opentelemetry::{
 };
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 
-use crate::jwks::Jwks;
+/// How fresh a set of signing keys is, for the `tokenbridge_jwks_*` gauges
+/// (Google's key set implements it; metrics need not know its type).
+pub trait KeyFreshness: Send + Sync {
+    /// Time since the keys in use were fetched (`None` before the first).
+    fn key_age(&self) -> Option<Duration>;
+    /// Whether the keys in use are past their `max-age`.
+    fn is_stale(&self) -> bool;
+}
 
 /// Boundaries (seconds) of the latency histograms: a cached exchange takes
 /// tens of microseconds, an STS call tens to hundreds of milliseconds, and
@@ -280,7 +287,7 @@ impl Metrics {
     }
 
     /// Reports the age and staleness of `jwks`'s keys at every scrape.
-    pub fn observe_jwks(&self, jwks: &Arc<Jwks>) {
+    pub fn observe_jwks<K: KeyFreshness + 'static>(&self, jwks: &Arc<K>) {
         let age = Arc::downgrade(jwks);
         let stale = Arc::downgrade(jwks);
         let gauges = [

@@ -44,7 +44,7 @@ use jsonwebtoken::{
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use crate::metrics::Metrics;
+use crate::observability::metrics::{KeyFreshness, Metrics};
 
 /// Shortest time keys are kept, whatever `max-age` says.
 pub const MIN_MAX_AGE: Duration = Duration::from_secs(60);
@@ -122,6 +122,16 @@ pub struct Jwks {
     /// Whether the last fetch failed.
     failing: AtomicBool,
     metrics: Arc<Metrics>,
+}
+
+impl KeyFreshness for Jwks {
+    fn key_age(&self) -> Option<Duration> {
+        Jwks::key_age(self)
+    }
+
+    fn is_stale(&self) -> bool {
+        Jwks::is_stale(self)
+    }
 }
 
 impl Jwks {

@@ -20,12 +20,16 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::future::BoxFuture;
 use tokenbridge_proto::v1::{
     GetCredentialsRequest, GetCredentialsResponse,
     token_exchange_server::{SERVICE_NAME, TokenExchange, TokenExchangeServer},
 };
+use tokenbridge_proto::{
+    Secret,
+    status::{self, code_name},
+};
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap, server::NamedService};
-use tonic_types::{ErrorDetails, StatusExt as _};
 use tower::{
     Service, ServiceBuilder,
     limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer},
@@ -34,15 +38,15 @@ use tower::{
 use tracing::{Instrument as _, debug, debug_span, field::Empty, info};
 
 use crate::{
-    audit::{AuditLog, Decision, Entry},
+    aws::sts::StsError,
     error::{Error, Limit},
-    exchange::{Exchange, ExchangeRequest, Facts},
-    jwt::VerifyError,
-    limits::{LimitsConfig, RateLimits},
-    metrics::Metrics,
-    secret::Secret,
-    sts::{BoxFuture, StsError},
-    telemetry,
+    exchange::{Exchange, ExchangeRequest},
+    google::jwt::VerifyError,
+    observability::audit::Facts,
+    observability::audit::{AuditLog, Decision, Entry},
+    observability::metrics::Metrics,
+    observability::telemetry,
+    transport::limits::{LimitsConfig, RateLimits},
 };
 
 /// The `TokenExchange` service.
@@ -288,8 +292,8 @@ impl TokenExchange for TokenExchangeService {
                 let c = issued.credentials;
                 Ok(Response::new(GetCredentialsResponse {
                     access_key_id: c.access_key_id,
-                    secret_access_key: c.secret_access_key.expose_owned(),
-                    session_token: c.session_token.expose_owned(),
+                    secret_access_key: c.secret_access_key.into_exposed(),
+                    session_token: c.session_token.into_exposed(),
                     expiration: Some(prost_types::Timestamp::from(c.expiration)),
                     assumed_role_arn: c.assumed_role_arn,
                     role_session_name: issued.role_session_name,
@@ -395,44 +399,11 @@ fn code_of(err: &Error) -> Code {
     }
 }
 
-/// The canonical name of a gRPC code (`OK`, `PERMISSION_DENIED`, …), for
-/// metric labels and the audit log.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The status a caller receives for `err`: [`code_of`]'s code, the error's
 /// message, and `RetryInfo` when a retry can help.
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        let message = err.to_string();
-        let code = code_of(&err);
-        match err.retry_after() {
-            Some(delay) => Status::with_error_details(
-                code,
-                message,
-                ErrorDetails::with_retry_info(Some(delay)),
-            ),
-            None => Status::new(code, message),
-        }
+        status::status(code_of(&err), err.to_string(), err.retry_after())
     }
 }
 
@@ -545,11 +516,7 @@ mod tests {
 
     #[test]
     fn retryable_failures_carry_retry_info_and_others_do_not() {
-        let retry = |e: Error| {
-            Status::from(e)
-                .get_details_retry_info()
-                .and_then(|r| r.retry_delay)
-        };
+        let retry = |e: Error| status::retry_after(&Status::from(e));
         assert_eq!(
             retry(Error::RateLimited {
                 limit: Limit::Subject,

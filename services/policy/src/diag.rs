@@ -1,4 +1,4 @@
-//! Problems found in configuration files, each with its file, line and reason,
+//! Problems found in configuration and policy files, each with its file, line and reason,
 //! so `tokenbridge-server check` (and a refused `serve`) can point at the
 //! exact place to fix.
 
@@ -29,14 +29,16 @@ impl fmt::Display for Problem {
 }
 
 /// Collects problems for one source text, turning byte spans into lines.
-pub(crate) struct Problems<'a> {
+pub struct Problems<'a> {
     file: &'a Path,
     src: &'a str,
-    pub(crate) found: Vec<Problem>,
+    /// The problems recorded so far.
+    pub found: Vec<Problem>,
 }
 
 impl<'a> Problems<'a> {
-    pub(crate) fn new(file: &'a Path, src: &'a str) -> Self {
+    /// Problems in `src`, read from `file`.
+    pub fn new(file: &'a Path, src: &'a str) -> Self {
         Self {
             file,
             src,
@@ -45,7 +47,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Records a problem at the start of `span`.
-    pub(crate) fn at(&mut self, span: Range<usize>, reason: impl Into<String>) {
+    pub fn at(&mut self, span: Range<usize>, reason: impl Into<String>) {
         let line = line_of(self.src, span.start);
         self.found.push(Problem {
             file: self.file.to_path_buf(),
@@ -55,7 +57,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Records a problem with no place in the file.
-    pub(crate) fn whole(&mut self, reason: impl Into<String>) {
+    pub fn whole(&mut self, reason: impl Into<String>) {
         self.found.push(Problem {
             file: self.file.to_path_buf(),
             line: None,
@@ -64,7 +66,7 @@ impl<'a> Problems<'a> {
     }
 
     /// Records a TOML syntax or shape error, with its line when it has one.
-    pub(crate) fn toml(&mut self, err: &toml::de::Error) {
+    pub fn toml(&mut self, err: &toml::de::Error) {
         let reason = format!("invalid TOML: {}", err.message().trim());
         match err.span() {
             Some(span) => self.at(span, reason),
@@ -74,7 +76,7 @@ impl<'a> Problems<'a> {
 }
 
 /// The 1-based line that byte `offset` of `src` is on.
-pub(crate) fn line_of(src: &str, offset: usize) -> usize {
+pub fn line_of(src: &str, offset: usize) -> usize {
     let end = offset.min(src.len());
     src.as_bytes()[..end]
         .iter()

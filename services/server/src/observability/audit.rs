@@ -64,7 +64,27 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::{exchange::Facts, metrics::Metrics, sts::Credentials, telemetry::TraceIds};
+use crate::{
+    aws::sts::Credentials, observability::metrics::Metrics, observability::telemetry::TraceIds,
+};
+
+/// What an exchange established on its way, as far as it got: for the
+/// audit log. Filled in by
+/// [`Exchange::exchange_recorded`](crate::exchange::Exchange::exchange_recorded).
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The verified token's claims (none if it was not verified).
+    pub claims: Option<crate::google::jwt::Claims>,
+    /// The role the policy allows the caller.
+    pub role_arn: Option<String>,
+    /// The decision: the bindings that grant the role, the durations they
+    /// allow, the session scoping.
+    pub decision: Option<tokenbridge_policy::Decision>,
+    /// The credentials' lifetime asked of STS.
+    pub duration_seconds: Option<u32>,
+    /// The session name given to STS.
+    pub role_session_name: Option<String>,
+}
 
 /// How long a call waits for its record to be written before failing
 /// closed.
@@ -282,7 +302,9 @@ impl Entry<'_> {
             email: claims.and_then(|c| c.email.as_deref()),
             email_verified: claims.map(|c| c.email_verified),
             gce_project_id: gce.and_then(|g| g.project_id.as_deref()),
-            gce_project_number: gce.and_then(|g| g.project_number),
+            gce_project_number: gce
+                .and_then(|g| g.project_number.as_deref())
+                .and_then(|n| n.parse().ok()),
             gce_zone: gce.and_then(|g| g.zone.as_deref()),
             gce_instance_id: gce.and_then(|g| g.instance_id.as_deref()),
             gce_instance_name: gce.and_then(|g| g.instance_name.as_deref()),
@@ -746,7 +768,8 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::{Claims, GceInstance};
+    use crate::google::jwt::Claims;
+    use tokenbridge_policy::ComputeEngine;
 
     fn facts() -> Facts {
         Facts {
@@ -760,9 +783,9 @@ mod tests {
                 iat: 1,
                 exp: 2,
                 nbf: None,
-                gce: Some(Arc::new(GceInstance {
+                gce: Some(Arc::new(ComputeEngine {
                     project_id: Some("proj".into()),
-                    project_number: Some(7),
+                    project_number: Some("7".into()),
                     zone: Some("us-central1-a".into()),
                     instance_id: Some("99".into()),
                     instance_name: Some("vm".into()),

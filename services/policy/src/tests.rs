@@ -1,6 +1,9 @@
-use std::path::Path;
+//! The model's rules, the policy file, the snapshot's decision and
+//! explanation.
 
-use super::*;
+use std::{collections::BTreeSet, path::Path};
+
+use crate::{binding::*, caller::*, conditions::*, file::*, rules::*, snapshot::*};
 
 const ROLE_A: &str = "arn:aws:iam::111122223333:role/RoleA";
 const ROLE_B: &str = "arn:aws:iam::111122223333:role/team/RoleB";
@@ -169,7 +172,7 @@ fn service_account_rule_agrees_with_the_policy_file() {
             "[[binding]]\nname = \"x\"\nservice_accounts = [{}]\nrole_arns = [\"{ROLE_A}\"]\n",
             toml::Value::String(entry.to_string())
         );
-        let theirs = Policy::from_toml_str(&src, Path::new("p.toml")).is_ok();
+        let theirs = PolicySnapshot::from_toml_str(&src, Path::new("p.toml")).is_ok();
         assert_eq!(ours, theirs, "`{entry}`");
     }
 }
@@ -494,8 +497,8 @@ fn the_contract_policy_file_imports_and_exports_in_its_own_shape() {
     assert_eq!(bindings[1].default_duration_seconds, Some(3600));
     assert_eq!(bindings[0].default_duration_seconds, None);
     let exported = to_toml_string(&bindings).unwrap();
-    // The exchange's own parser reads the export.
-    let policy = Policy::from_toml_str(&exported, Path::new("export.toml")).unwrap();
+    // The exchange reads the export.
+    let policy = PolicySnapshot::from_toml_str(&exported, Path::new("export.toml")).unwrap();
     assert_eq!(policy.binding_count(), 2);
     assert_eq!(from_toml_str(&exported, Path::new("e")).unwrap(), bindings);
 }
@@ -541,19 +544,60 @@ zones = ["us-[x"]
 }
 
 #[test]
-fn core_policy_keeps_grants_and_durations() {
+fn the_index_keeps_grants_and_durations() {
     let set = vec![full_binding(), binding("plain")];
-    let policy = core_policy(&set, Path::new("store")).unwrap();
+    let policy = PolicySnapshot::build(0, set, [], Path::new("store")).unwrap();
     assert_eq!(policy.binding_count(), 2);
-    let who = Principal {
-        sub: SUB,
-        verified_email: None,
+    let who = Caller {
+        sub: SUB.into(),
+        compute_engine: Some(gce(
+            "my-project",
+            "123456789012",
+            "us-central1-a",
+            "etl-blue-1",
+        )),
+        ..Caller::default()
     };
-    let allowed = policy.decide(who, ROLE_A).unwrap();
-    assert_eq!(allowed.grant.max_duration_seconds, 7200);
+    let allowed = policy.decide(&who, ROLE_A).unwrap();
+    assert_eq!(allowed.max_duration_seconds, 7200);
     assert_eq!(
-        allowed.grant.bindings,
+        allowed.bindings,
         BTreeSet::from(["plain".to_string(), "team-a.etl_1".to_string()])
+    );
+    // Through the email as well as the unique ID: each binding counts once.
+    let both = Caller {
+        email: Some(EMAIL.to_ascii_uppercase()),
+        email_verified: true,
+        ..who.clone()
+    };
+    assert_eq!(policy.decide(&both, ROLE_A), Ok(allowed));
+    // An email entry never matches a sub, nor an unverified email.
+    let by_email_as_sub = Caller {
+        sub: EMAIL.into(),
+        ..Caller::default()
+    };
+    assert_eq!(
+        policy.decide(&by_email_as_sub, ROLE_A),
+        Err(Refusal::NoRoles)
+    );
+    let unverified = Caller {
+        sub: "42".into(),
+        email: Some(EMAIL.into()),
+        email_verified: false,
+        compute_engine: who.compute_engine.clone(),
+    };
+    assert_eq!(policy.decide(&unverified, ROLE_A), Err(Refusal::NoRoles));
+    let verified = Caller {
+        email_verified: true,
+        ..unverified
+    };
+    assert_eq!(
+        policy.decide(&verified, ROLE_A).map(|d| d.bindings),
+        Ok(BTreeSet::from(["team-a.etl_1".to_string()]))
+    );
+    assert_eq!(
+        policy.decide(&verified, "arn:aws:iam::111122223333:role/Other"),
+        Err(Refusal::RoleNotGranted)
     );
 }
 

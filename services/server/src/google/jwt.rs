@@ -44,10 +44,13 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
 
+use tokenbridge_proto::Secret;
+
+use tokenbridge_policy::ComputeEngine;
+
 use crate::{
-    config::GoogleConfig,
-    jwks::{Jwks, KeyError},
-    secret::Secret,
+    google::GoogleConfig,
+    google::jwks::{Jwks, KeyError},
 };
 
 /// Tokens longer than this are refused before any parsing.
@@ -82,48 +85,35 @@ pub struct Claims {
     /// `google.compute_engine` claim (absent for other workloads, such as
     /// GKE pods with Workload Identity). Informational: for the audit log,
     /// never for a decision.
-    pub gce: Option<Arc<GceInstance>>,
+    pub gce: Option<Arc<ComputeEngine>>,
 }
 
-/// The `google.compute_engine` claim of a `format=full` ID token. Members of
+/// Reads the `google` claim's `compute_engine` object, if there is one:
+/// the policy crate's [`ComputeEngine`], so the caller the policy sees is
+/// the token's claim with no second model in between. Fields missing or of
 /// the wrong type are left out rather than refused: nothing is decided on
 /// them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GceInstance {
-    /// `project_id`.
-    pub project_id: Option<String>,
-    /// `project_number`.
-    pub project_number: Option<u64>,
-    /// `zone`.
-    pub zone: Option<String>,
-    /// `instance_id`.
-    pub instance_id: Option<String>,
-    /// `instance_name`.
-    pub instance_name: Option<String>,
-}
-
-impl GceInstance {
-    /// Reads the `google` claim's `compute_engine` object, if there is one.
-    fn from_google_claim(google: Option<Value>) -> Option<Arc<Self>> {
-        let Some(Value::Object(mut google)) = google else {
-            return None;
-        };
-        let Some(Value::Object(mut ce)) = google.remove("compute_engine") else {
-            return None;
-        };
-        let mut text = |name: &str| match ce.remove(name) {
-            Some(Value::String(s)) => Some(s),
-            _ => None,
-        };
-        let gce = GceInstance {
-            project_id: text("project_id"),
-            zone: text("zone"),
-            instance_id: text("instance_id"),
-            instance_name: text("instance_name"),
-            project_number: ce.get("project_number").and_then(Value::as_u64),
-        };
-        Some(Arc::new(gce))
-    }
+fn compute_engine(google: Option<Value>) -> Option<Arc<ComputeEngine>> {
+    let Some(Value::Object(mut google)) = google else {
+        return None;
+    };
+    let Some(Value::Object(mut ce)) = google.remove("compute_engine") else {
+        return None;
+    };
+    let mut text = |name: &str| match ce.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Some(Arc::new(ComputeEngine {
+        project_id: text("project_id"),
+        zone: text("zone"),
+        instance_id: text("instance_id"),
+        instance_name: text("instance_name"),
+        project_number: ce
+            .get("project_number")
+            .and_then(Value::as_u64)
+            .map(|n| n.to_string()),
+    }))
 }
 
 impl Claims {
@@ -459,7 +449,7 @@ fn parse_claims(payload: Vec<u8>) -> Result<Claims, VerifyError> {
         iat: optional_integer(&mut map, "iat")?.ok_or(VerifyError::MissingClaim("iat"))?,
         exp: optional_integer(&mut map, "exp")?.ok_or(VerifyError::MissingClaim("exp"))?,
         nbf: optional_integer(&mut map, "nbf")?,
-        gce: GceInstance::from_google_claim(map.remove("google")),
+        gce: compute_engine(map.remove("google")),
     })
 }
 
@@ -771,7 +761,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(full.project_id.as_deref(), Some("p"));
-        assert_eq!(full.project_number, Some(42));
+        assert_eq!(full.project_number.as_deref(), Some("42"));
         assert_eq!(full.zone.as_deref(), Some("europe-west1-b"));
         assert_eq!(full.instance_id.as_deref(), Some("123"));
         assert_eq!(full.instance_name.as_deref(), Some("vm"));

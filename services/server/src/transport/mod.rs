@@ -1,0 +1,7 @@
+//! The exchange on the wire: the `TokenExchange` gRPC service and the one
+//! mapping from errors to status codes ([`grpc`]), what callers may ask of
+//! it ([`limits`]), and TLS with certificate reloads ([`tls`]).
+
+pub mod grpc;
+pub mod limits;
+pub mod tls;
