@@ -493,7 +493,7 @@ async fn env(server_bin: PathBuf) -> Result<(), String> {
 
 enum ServerProcess {
     Child(Child),
-    InProcess(tokenbridge_server::app::Running),
+    InProcess(Box<tokenbridge_server::app::Running>),
 }
 
 impl ServerProcess {
@@ -574,11 +574,11 @@ async fn start_server(
         }
         None => {
             let (cfg, policy) = tokenbridge_server::load(&config).map_err(|p| format!("{p:?}"))?;
-            ServerProcess::InProcess(
+            ServerProcess::InProcess(Box::new(
                 tokenbridge_server::app::start(cfg, policy)
                     .await
                     .map_err(|e| e.to_string())?,
-            )
+            ))
         }
     };
     let channel = connect(&addr, Duration::from_secs(30)).await?;

@@ -7,6 +7,8 @@
 //! - [`MetadataServer`] emulates the GCE metadata server's identity endpoint.
 //! - [`Moto`] runs moto, the third-party AWS emulator, for a real STS.
 //! - [`FakeSts`] is an STS whose answers tests choose, for fault injection.
+//! - [`StrictSts`] is a stand-in for STS in front of moto that verifies web
+//!   identity tokens and evaluates role trust policies as AWS documents it.
 //! - [`FaultProxy`] is a TCP proxy that makes any of them look down or hung.
 //! - [`Pki`] is a private CA issuing server and client certificates for TLS
 //!   tests.
@@ -23,6 +25,7 @@ mod google;
 mod issuer;
 mod moto;
 mod pki;
+mod strict_sts;
 
 pub use fake_sts::{
     FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FAKE_SESSION_TOKEN, FakeSts, FakeStsMode,
@@ -32,6 +35,7 @@ pub use google::{JwksFault, JwksServer, MetadataServer};
 pub use issuer::{Issuer, ServiceAccount};
 pub use moto::Moto;
 pub use pki::{PemPair, Pki};
+pub use strict_sts::{Provider, Seen, StrictSts};
 
 use std::net::{Ipv4Addr, SocketAddr};
 

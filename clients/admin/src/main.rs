@@ -161,12 +161,38 @@ enum Command {
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
         /// The exchange audience workloads request tokens for (the
-        /// trust policy's `accounts.google.com:oaud`).
-        #[arg(long = "exchange-audience", required = true)]
+        /// trust policy's `accounts.google.com:oaud`); pass-through mode.
+        #[arg(long = "exchange-audience", required_unless_present = "issuer")]
         exchange_audiences: Vec<String>,
+        /// Issuer mode: tokenbridge's issuer URL (`[issuer] url`); the
+        /// policy trusts the account's IAM OIDC provider for it.
+        #[arg(long)]
+        issuer: Option<String>,
+        /// Issuer mode: the minted tokens' audience (`[issuer] audience`).
+        #[arg(long, default_value = tokenbridge_issuer::DEFAULT_AUDIENCE)]
+        audience: String,
     },
     /// Check an existing IAM trust policy (JSON file) for the usual mistakes.
     LintTrustPolicy { file: PathBuf },
+    /// Issuer mode: tokenbridge's OIDC discovery files.
+    Issuer {
+        #[command(subcommand)]
+        command: IssuerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum IssuerCommand {
+    /// Write DIR/.well-known/openid-configuration and the JWKS it points to
+    /// (DIR/.well-known/jwks.json), from the server config's [issuer], for
+    /// static hosting at the issuer URL.
+    Export {
+        /// The server's config file.
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -365,10 +391,15 @@ async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         // Local commands first: they need no connection.
         Command::LintTrustPolicy { file } => return lint_trust_policy(&file, out),
+        Command::Issuer {
+            command: IssuerCommand::Export { config, dir },
+        } => return issuer_export(&config, &dir),
         Command::TrustPolicy {
             binding,
             file: Some(file),
             exchange_audiences,
+            issuer,
+            audience,
         } => {
             let bindings = read_policy_file(&file)?;
             let b = bindings
@@ -380,7 +411,8 @@ async fn run(cli: Cli) -> Result<u8> {
                         format!("{} has no binding `{binding}`", file.display()),
                     )
                 })?;
-            return print_trust_policy(&b, &exchange_audiences, out);
+            let mode = issuer.as_deref().map(|i| (i, audience.as_str()));
+            return print_trust_policy(&b, &exchange_audiences, mode, out);
         }
         _ => {}
     }
@@ -618,15 +650,20 @@ async fn run(cli: Cli) -> Result<u8> {
             binding,
             file: None,
             exchange_audiences,
+            issuer,
+            audience,
         } => {
             let b = admin
                 .client
                 .get_binding(admin.request(pb::GetBindingRequest { name: binding }))
                 .await?
                 .into_inner();
-            return print_trust_policy(&Binding::from(b), &exchange_audiences, out);
+            let mode = issuer.as_deref().map(|i| (i, audience.as_str()));
+            return print_trust_policy(&Binding::from(b), &exchange_audiences, mode, out);
         }
-        Command::TrustPolicy { file: Some(_), .. } | Command::LintTrustPolicy { .. } => {
+        Command::TrustPolicy { file: Some(_), .. }
+        | Command::LintTrustPolicy { .. }
+        | Command::Issuer { .. } => {
             unreachable!("handled before connecting")
         }
     }
@@ -859,9 +896,31 @@ fn lint_trust_policy(file: &Path, out: Output) -> Result<u8> {
     Ok(if errors { EX_DATAERR } else { 0 })
 }
 
-fn print_trust_policy(b: &Binding, audiences: &[String], out: Output) -> Result<u8> {
-    let policy = trust::for_binding(b, audiences, &|_| None)
-        .map_err(|e| Failure::new(EX_DATAERR, format!("binding `{}`: {e}", b.name)))?;
+fn print_trust_policy(
+    b: &Binding,
+    audiences: &[String],
+    issuer: Option<(&str, &str)>,
+    out: Output,
+) -> Result<u8> {
+    let policy = match issuer {
+        Some((url, audience)) => {
+            tokenbridge_issuer::check_issuer_url(url)
+                .map_err(|e| Failure::new(EX_DATAERR, format!("--issuer: {e}")))?;
+            trust::for_binding_issuer(b, url, audience, &|_| None)
+        }
+        None => {
+            let extras = trust::bypassable(b, false);
+            if !extras.is_empty() {
+                eprintln!(
+                    "tokenbridge-admin: warning: in pass-through mode, binding `{}`'s {} bind only callers that come through tokenbridge: this trust policy lets its service accounts call STS directly without them (print the issuer-mode policy with --issuer URL)",
+                    b.name,
+                    extras.join(", ")
+                );
+            }
+            trust::for_binding(b, audiences, &|_| None)
+        }
+    }
+    .map_err(|e| Failure::new(EX_DATAERR, format!("binding `{}`: {e}", b.name)))?;
     match out {
         Output::Json => print_json(&json!({
             "role_arns": policy.role_arns,
@@ -1035,4 +1094,79 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+/// `issuer export`: the discovery document and JWKS for static hosting,
+/// from the server config's `[issuer]` (url, key_files, active_key_file;
+/// paths relative to the config file). Private keys are read, never written.
+fn issuer_export(config: &Path, dir: &Path) -> Result<u8> {
+    let data = |reason: String| Failure::new(EX_DATAERR, format!("{}: {reason}", config.display()));
+    let text = std::fs::read_to_string(config).map_err(|e| data(format!("cannot read: {e}")))?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| data(format!("invalid TOML: {}", e.message())))?;
+    let issuer = table
+        .get("issuer")
+        .and_then(toml::Value::as_table)
+        .ok_or_else(|| data("has no [issuer] section".into()))?;
+    let url = issuer
+        .get("url")
+        .and_then(toml::Value::as_str)
+        .ok_or_else(|| data("issuer.url: a URL is required".into()))?;
+    tokenbridge_issuer::check_issuer_url(url).map_err(|e| data(format!("issuer.url: {e}")))?;
+    let base = config.parent().unwrap_or(Path::new(""));
+    let files: Vec<PathBuf> = issuer
+        .get("key_files")
+        .and_then(toml::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(toml::Value::as_str)
+                .map(|f| base.join(f))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut pems = Vec::new();
+    for f in &files {
+        let pem = std::fs::read(f).map_err(|e| {
+            Failure::new(
+                EX_DATAERR,
+                format!("{}: cannot read the issuer key: {e}", f.display()),
+            )
+        })?;
+        pems.push((f.display().to_string(), pem));
+    }
+    let sources: Vec<tokenbridge_issuer::KeySource<'_>> = pems
+        .iter()
+        .map(|(name, pem)| tokenbridge_issuer::KeySource { name, pem })
+        .collect();
+    let active = issuer
+        .get("active_key_file")
+        .and_then(toml::Value::as_str)
+        .map(|f| base.join(f).display().to_string());
+    let keys = tokenbridge_issuer::IssuerKeys::new(&sources, active.as_deref())
+        .map_err(|(file, e)| Failure::new(EX_DATAERR, format!("{file}: {e}")))?;
+    let well_known = dir.join(".well-known");
+    std::fs::create_dir_all(&well_known)
+        .map_err(|e| Failure::new(EX_FAILED, format!("{}: {e}", well_known.display())))?;
+    let write = |name: &str, value: Value| -> Result<()> {
+        let path = well_known.join(name);
+        let body = serde_json::to_string_pretty(&value).unwrap_or_default();
+        std::fs::write(&path, body + "\n")
+            .map_err(|e| Failure::new(EX_FAILED, format!("{}: {e}", path.display())))
+    };
+    write(
+        "openid-configuration",
+        tokenbridge_issuer::discovery(url, &keys.algorithms()),
+    )?;
+    write(
+        "jwks.json",
+        serde_json::to_value(keys.jwks()).unwrap_or_default(),
+    )?;
+    eprintln!(
+        "tokenbridge-admin: wrote {0}/.well-known/openid-configuration and {0}/.well-known/jwks.json ({1} key(s), signing kid {2}); host them at {3}",
+        dir.display(),
+        files.len(),
+        keys.active_kid(),
+        url
+    );
+    Ok(0)
 }

@@ -12,6 +12,9 @@
 //! default_duration_seconds = 900     # optional, 900..=max, default min(max, 3600)
 //! session_policy = '{"Version":"2012-10-17","Statement":[...]}'   # optional, ≤ 2048 characters
 //! managed_policy_arns = ["arn:aws:iam::aws:policy/ReadOnlyAccess"] # optional, ≤ 10
+//! issuer = true                      # optional: issuer mode (README, "Issuer mode")
+//! session_tags = { team = "a", sa = "{email}" }   # optional, issuer mode: ≤ 50 tags
+//! source_identity = "{email}"        # optional, issuer mode
 //!
 //! [binding.conditions]               # optional: GCE claims of `format=full` tokens
 //! project_ids = ["my-project"]       # exact
@@ -34,7 +37,7 @@
 //! from a set of bindings and the deny list.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fmt,
 };
 
@@ -47,6 +50,7 @@ use crate::{
         MIN_DURATION_SECONDS, check_managed_policy_arn, check_role_arn, check_session_policy,
         classify_service_account, shorten, valid_binding_name, valid_duration,
     },
+    session::{self, SessionIdentity},
 };
 
 /// One binding: these service accounts may assume these roles, under these
@@ -75,6 +79,16 @@ pub struct Binding {
     /// Managed policy ARNs passed to STS as session policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_policy_arns: Vec<String>,
+    /// Issuer mode: `true` STS gets a token tokenbridge signs, `false` the
+    /// caller's own Google token, unset the server's `[issuer] default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<bool>,
+    /// Session tags (issuer mode): key -> value template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub session_tags: BTreeMap<String, String>,
+    /// Source identity (issuer mode): a template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_identity: Option<String>,
 }
 
 /// Conditions on the `google.compute_engine` claim of `format=full` tokens.
@@ -124,6 +138,15 @@ impl Binding {
         SessionScope {
             session_policy: self.session_policy.clone(),
             managed_policy_arns: self.managed_policy_arns.clone(),
+        }
+    }
+
+    /// What this binding asks of the STS session in issuer mode.
+    pub fn session_identity(&self) -> SessionIdentity {
+        SessionIdentity {
+            issuer: self.issuer,
+            session_tags: self.session_tags.clone(),
+            source_identity: self.source_identity.clone(),
         }
     }
 
@@ -233,6 +256,8 @@ impl Binding {
                 });
             }
         }
+
+        session::validate(&self.session_identity(), &mut errors);
 
         if errors.is_empty() {
             Ok(())

@@ -9,6 +9,7 @@
 //! * [`caller`]: the caller as a verified token describes it.
 //! * [`file`]: the policy file (TOML) in and out, problems with file and
 //!   line ([`diag`]).
+//! * [`session`]: issuer mode's session tags and source identity.
 //! * [`snapshot`]: the decision structure ([`PolicySnapshot`]): decide and
 //!   explain.
 //! * [`trust`]: IAM trust policies for bindings, and their linter.
@@ -22,6 +23,7 @@ pub mod conditions;
 pub mod diag;
 pub mod file;
 pub mod rules;
+pub mod session;
 pub mod snapshot;
 pub mod trust;
 pub mod wire;
@@ -29,6 +31,7 @@ pub mod wire;
 pub use binding::{Binding, Conditions, FieldError, SessionScope, Violation, validate_set};
 pub use caller::{Caller, ComputeEngine};
 pub use diag::Problem;
+pub use session::{ExpandedSession, SessionError, SessionIdentity};
 pub use snapshot::{Decision, Evaluation, Explanation, Outcome, PolicySnapshot, Refusal};
 
 #[cfg(test)]

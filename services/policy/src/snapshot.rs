@@ -10,6 +10,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::session::SessionIdentity;
 use crate::{
     binding::{Binding, SessionScope, validate_set},
     caller::Caller,
@@ -33,6 +34,13 @@ pub struct Decision {
     pub bindings: BTreeSet<String>,
     /// What STS gets as session policies.
     pub scope: SessionScope,
+    /// Issuer mode, session tags and source identity: the same for every
+    /// matching binding (bindings that differ refuse with
+    /// [`Refusal::ConflictingScopes`]).
+    pub session: SessionIdentity,
+    /// The binding `{binding}` names in session templates: the first
+    /// matching one by name.
+    pub session_binding: String,
 }
 
 /// Why the caller gets nothing. Each maps to PERMISSION_DENIED, except
@@ -76,7 +84,7 @@ impl fmt::Display for Refusal {
             ),
             Refusal::ConflictingScopes { bindings } => write!(
                 f,
-                "bindings {} grant the role with different session policies",
+                "bindings {} grant the role with different session policies, or differ in issuer mode, session tags or source identity",
                 names(bindings)
             ),
             Refusal::Ambiguous(roles) => write!(
@@ -464,6 +472,24 @@ fn finish(caller: &Caller, role_arn: &str, granting: &[&Compiled]) -> Result<Dec
             bindings: matching.iter().map(|c| c.binding.name.clone()).collect(),
         });
     };
+    // Issuer mode and what the signed token carries are not merged: the
+    // matching bindings must agree, or the call is refused.
+    let sessions: BTreeSet<SessionIdentity> = matching
+        .iter()
+        .map(|c| c.binding.session_identity())
+        .collect();
+    if sessions.len() > 1 {
+        return Err(Refusal::ConflictingScopes {
+            bindings: matching.iter().map(|c| c.binding.name.clone()).collect(),
+        });
+    }
+    let session = sessions.into_iter().next().unwrap_or_default();
+    let session_binding = matching
+        .iter()
+        .map(|c| c.binding.name.as_str())
+        .min()
+        .unwrap_or_default()
+        .to_owned();
     Ok(Decision {
         role_arn: role_arn.to_string(),
         max_duration_seconds: matching
@@ -478,5 +504,7 @@ fn finish(caller: &Caller, role_arn: &str, granting: &[&Compiled]) -> Result<Dec
             .unwrap_or(DEFAULT_MAX_DURATION_SECONDS),
         bindings: matching.iter().map(|c| c.binding.name.clone()).collect(),
         scope,
+        session,
+        session_binding,
     })
 }

@@ -40,7 +40,64 @@ fn full_binding() -> Binding {
             "arn:aws:iam::aws:policy/ReadOnlyAccess".into(),
             "arn:aws:iam::111122223333:policy/team/Scoped".into(),
         ],
+        ..Binding::default()
     }
+}
+
+#[test]
+fn issuer_mode_keys_round_trip_through_the_file_with_lines_for_problems() {
+    let src = r#"
+[[binding]]
+name = "tagged"
+service_accounts = ["112233"]
+role_arns = ["arn:aws:iam::111122223333:role/R"]
+issuer = true
+session_tags = { team = "a", sa = "{email}" }
+source_identity = "{email}"
+"#;
+    let bindings = from_toml_str(src, Path::new("p.toml")).unwrap();
+    assert_eq!(bindings[0].issuer, Some(true));
+    assert_eq!(bindings[0].session_tags["sa"], "{email}");
+    let again = from_toml_str(&to_toml_string(&bindings).unwrap(), Path::new("q.toml")).unwrap();
+    assert_eq!(again, bindings);
+
+    let bad = src.replace("{email}\" }", "{mail}\" }");
+    let problems = from_toml_str(&bad, Path::new("p.toml")).unwrap_err();
+    assert_eq!(problems[0].line, Some(7), "{problems:?}");
+    assert!(
+        problems[0].reason.contains("session_tags.sa"),
+        "{problems:?}"
+    );
+    assert!(
+        problems[0].reason.contains("unknown placeholder `{mail}`"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn bindings_that_differ_in_issuer_mode_or_tags_are_not_merged() {
+    let mut a = full_binding();
+    a.name = "a".into();
+    a.conditions = Conditions::default();
+    a.issuer = Some(true);
+    a.session_tags = [("team".to_string(), "a".to_string())].into();
+    let mut b = a.clone();
+    b.name = "b".into();
+    b.session_tags = [("team".to_string(), "b".to_string())].into();
+    let caller = Caller {
+        sub: SUB.into(),
+        ..Caller::default()
+    };
+    let one =
+        PolicySnapshot::build(1, vec![a.clone()], Vec::<String>::new(), Path::new("p")).unwrap();
+    let decision = one.decide(&caller, ROLE_A).unwrap();
+    assert_eq!(decision.session.session_tags["team"], "a");
+    assert_eq!(decision.session_binding, "a");
+    let both = PolicySnapshot::build(1, vec![a, b], Vec::<String>::new(), Path::new("p")).unwrap();
+    assert!(matches!(
+        both.decide(&caller, ROLE_A),
+        Err(Refusal::ConflictingScopes { .. })
+    ));
 }
 
 fn gce(project: &str, number: &str, zone: &str, instance: &str) -> ComputeEngine {

@@ -469,6 +469,93 @@ fn google_keys(condition: &Map<String, Value>) -> Vec<GoogleKey> {
     out
 }
 
+/// What a binding asks that a workload calling STS directly with its own
+/// Google token walks around, when the binding is in pass-through mode
+/// (`issuer_default` is the server's `[issuer] default`): the role's trust
+/// policy alone decides such a call. Empty in issuer mode.
+pub fn bypassable(binding: &Binding, issuer_default: bool) -> Vec<&'static str> {
+    if binding.issuer.unwrap_or(issuer_default) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    if binding.session_policy.is_some() || !binding.managed_policy_arns.is_empty() {
+        out.push("session policies");
+    }
+    if !binding.conditions.is_empty() {
+        out.push("GCE conditions");
+    }
+    if binding
+        .max_duration_seconds
+        .is_some_and(|m| m < crate::rules::MAX_DURATION_SECONDS)
+        || binding.max_duration_seconds.is_none()
+    {
+        out.push("the maximum duration");
+    }
+    out
+}
+
+/// The issuer-mode trust policy the roles of `binding` need: STS trusts
+/// tokenbridge's issuer (`Federated` = the account's IAM OIDC provider for
+/// `issuer_url`), `ISSUER:aud` pinned to `audience` and `ISSUER:sub` to the
+/// service accounts' unique IDs; `sts:TagSession` and
+/// `sts:SetSourceIdentity` when the binding sends tags or a source identity.
+/// One statement per AWS account among the binding's roles.
+pub fn for_binding_issuer(
+    binding: &Binding,
+    issuer_url: &str,
+    audience: &str,
+    resolved: &dyn Fn(&str) -> Option<String>,
+) -> Result<TrustPolicy, TrustPolicyError> {
+    let pass_through = for_binding(binding, &[audience.to_owned()], resolved)?;
+    let ids: BTreeSet<String> = binding
+        .service_accounts
+        .iter()
+        .filter_map(|sa| match classify_service_account(sa) {
+            Some(ServiceAccountRef::UniqueId) => Some(sa.clone()),
+            Some(ServiceAccountRef::Email) => resolved(sa),
+            None => None,
+        })
+        .collect();
+    let prefix = issuer_url.strip_prefix("https://").unwrap_or(issuer_url);
+    let mut actions = vec!["sts:AssumeRoleWithWebIdentity"];
+    if !binding.session_tags.is_empty() {
+        actions.push("sts:TagSession");
+    }
+    if binding.source_identity.is_some() {
+        actions.push("sts:SetSourceIdentity");
+    }
+    let accounts: BTreeSet<&str> = binding
+        .role_arns
+        .iter()
+        .filter_map(|arn| arn.split(':').nth(4))
+        .collect();
+    let subs = match ids.len() {
+        1 => json!(ids.iter().next()),
+        _ => json!(ids),
+    };
+    let statements: Vec<Value> = accounts
+        .into_iter()
+        .map(|account| {
+            json!({
+                "Effect": "Allow",
+                "Principal": { "Federated": format!("arn:aws:iam::{account}:oidc-provider/{prefix}") },
+                "Action": actions,
+                "Condition": {
+                    "StringEquals": {
+                        format!("{prefix}:aud"): audience,
+                        format!("{prefix}:sub"): subs,
+                    }
+                }
+            })
+        })
+        .collect();
+    Ok(TrustPolicy {
+        role_arns: binding.role_arns.clone(),
+        document: json!({ "Version": "2012-10-17", "Statement": statements }),
+        unresolved_emails: pass_through.unresolved_emails,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,6 +27,9 @@ impl From<pb::Binding> for Binding {
             },
             session_policy: (!b.session_policy.is_empty()).then_some(b.session_policy),
             managed_policy_arns: b.managed_policy_arns,
+            issuer: b.issuer,
+            session_tags: b.session_tags.into_iter().collect(),
+            source_identity: (!b.source_identity.is_empty()).then_some(b.source_identity),
         }
     }
 }
@@ -52,6 +55,9 @@ impl From<Binding> for pb::Binding {
             etag: String::new(),
             create_time: None,
             update_time: None,
+            issuer: b.issuer,
+            session_tags: b.session_tags.into_iter().collect(),
+            source_identity: b.source_identity.unwrap_or_default(),
         }
     }
 }
@@ -126,6 +132,9 @@ mod tests {
             },
             session_policy: Some("{}".into()),
             managed_policy_arns: vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()],
+            issuer: Some(true),
+            session_tags: [("team".to_string(), "{email}".to_string())].into(),
+            source_identity: Some("{email}".into()),
         };
         assert_eq!(Binding::from(pb::Binding::from(b.clone())), b);
         let plain = Binding {

@@ -130,12 +130,13 @@ fn cache_hit(c: &mut Criterion) {
         role_arn: ROLE.into(),
         duration_seconds: 3600,
         scope: Default::default(),
+        session: None,
     };
     let req = AssumeRoleRequest {
         role_arn: ROLE.into(),
         session_name: "112233445566778899001".into(),
         duration_seconds: 3600,
-        web_identity_token: Secret::new("t".into()),
+        web_identity_token: Secret::new("t".to_string()).into(),
         scope: Default::default(),
     };
     rt.block_on(cache.get(key.clone(), req.clone())).unwrap();

@@ -46,6 +46,7 @@ use crate::{
     google::jwks::Jwks,
     google::jwt::Verifier,
     health::{HealthHandle, health},
+    issuer::Issuer,
     observability::audit::{AuditError, AuditLog, AuditSink},
     observability::metrics::{Metrics, MetricsError},
     observability::probes,
@@ -103,6 +104,9 @@ pub enum AppError {
     /// The policy store cannot be opened or read.
     #[error("policy store: {0}")]
     Store(#[from] StoreError),
+    /// An issuer key file cannot be used.
+    #[error("issuer key {}: {}", .0.display(), .1)]
+    Issuer(std::path::PathBuf, String),
 }
 
 /// A running service.
@@ -116,6 +120,9 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The address of the policy admin listener, if any.
     pub policy_admin_addr: Option<SocketAddr>,
+    /// The address of the issuer discovery listener (HTTPS), if any.
+    pub discovery_addr: Option<SocketAddr>,
+    _discovery: Option<AbortOnDropHandle<std::io::Result<()>>>,
     metrics: Arc<Metrics>,
     exchange: Arc<Exchange>,
     jwks: Arc<Jwks>,
@@ -196,6 +203,24 @@ pub async fn start_on(
     let policy_admin_addr = policy_admin_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok());
+    let (discovery_addr, discovery) = match (service.exchange.issuer(), &service.config.tls) {
+        (Some(issuer), Some(tls_config)) if issuer.config().listen.is_some() => {
+            let addr = issuer.config().listen.unwrap_or(addr);
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| AppError::Bind { addr, source })?;
+            let bound = l.local_addr().ok();
+            let public = tls::load_public(tls_config)?;
+            let task = tokio::spawn(crate::issuer::discovery::serve(
+                l,
+                public,
+                issuer.clone(),
+                std::future::pending(),
+            ));
+            (bound, Some(AbortOnDropHandle::new(task)))
+        }
+        _ => (None, None),
+    };
     let (exchange, jwks, rate_limits, tls, metrics) = (
         service.exchange.clone(),
         service.jwks.clone(),
@@ -218,6 +243,8 @@ pub async fn start_on(
         tls_addr,
         admin_addr,
         policy_admin_addr,
+        discovery_addr,
+        _discovery: discovery,
         metrics,
         exchange,
         jwks,
@@ -300,8 +327,14 @@ impl Service {
         let cache = CredentialCache::new(sts, config.cache.clone(), Arc::new(SystemClock))
             .with_metrics(metrics.clone());
         let rate_limits = Arc::new(RateLimits::new(&config.limits));
-        let exchange =
-            Arc::new(Exchange::new(verifier, policy, cache).with_rate_limits(rate_limits.clone()));
+        let mut exchange =
+            Exchange::new(verifier, policy, cache).with_rate_limits(rate_limits.clone());
+        if let Some(i) = &config.issuer {
+            let issuer =
+                Issuer::new(i.clone()).map_err(|(file, why)| AppError::Issuer(file, why))?;
+            exchange = exchange.with_issuer(Arc::new(issuer));
+        }
+        let exchange = Arc::new(exchange);
         let cached = Arc::downgrade(&exchange);
         metrics.observe_cache(move || cached.upgrade().map(|e| e.cache().entry_count()));
         let tls = match &config.tls {

@@ -58,6 +58,8 @@ use tokenbridge_policy::diag::{Problem, Problems};
 // Each section's type lives with the component it configures; this module
 // reads the file, checks it, and reports every problem with its line. The
 // types are re-exported here as the config file's sections.
+pub use crate::issuer::IssuerConfig;
+use crate::issuer::{DEFAULT_TOKEN_LIFETIME, TOKEN_LIFETIME_SECONDS, resolve};
 pub use crate::{
     aws::{AwsConfig, FallbackRegion, cache::CacheConfig},
     google::{DEFAULT_ISSUERS, DEFAULT_JWKS_URI, GoogleConfig},
@@ -69,6 +71,7 @@ pub use crate::{
 use crate::{
     observability::audit::AuditSink, observability::probes::DEFAULT_LISTEN, transport::limits::Rate,
 };
+use tokenbridge_issuer::DEFAULT_AUDIENCE;
 
 /// The validated service configuration.
 #[derive(Debug, Clone)]
@@ -97,6 +100,8 @@ pub struct Config {
     pub audit: AuditConfig,
     /// `[telemetry]`: traces.
     pub telemetry: TelemetryConfig,
+    /// `[issuer]`: issuer mode, if configured.
+    pub issuer: Option<IssuerConfig>,
 }
 
 /// `[server]`.
@@ -129,6 +134,19 @@ struct RawConfig {
     audit: RawAudit,
     #[serde(default)]
     telemetry: RawTelemetry,
+    issuer: Option<RawIssuer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    url: Spanned<String>,
+    key_files: Spanned<Vec<Spanned<String>>>,
+    active_key_file: Option<Spanned<String>>,
+    audience: Option<Spanned<String>>,
+    default: Option<bool>,
+    token_lifetime_seconds: Option<Spanned<i64>>,
+    listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -472,6 +490,10 @@ impl Config {
         }
         let audit = audit(&mut problems, &raw.audit, path);
         let telemetry = telemetry(&mut problems, &raw.telemetry);
+        let issuer = raw
+            .issuer
+            .as_ref()
+            .map(|i| issuer(&mut problems, i, path, raw.tls.as_ref()));
 
         if !problems.found.is_empty() {
             return Err(problems.found);
@@ -505,6 +527,7 @@ impl Config {
             admin,
             audit,
             telemetry,
+            issuer,
         })
     }
 }
@@ -648,6 +671,111 @@ fn policy_admin(
         principals,
         tls: p.tls.as_ref().is_some_and(|v| *v.get_ref()),
     }
+}
+
+fn issuer(
+    problems: &mut Problems<'_>,
+    i: &RawIssuer,
+    config_path: &Path,
+    tls: Option<&RawTls>,
+) -> IssuerConfig {
+    let base = config_path.parent().unwrap_or(Path::new(""));
+    if let Err(reason) = tokenbridge_issuer::check_issuer_url(i.url.get_ref()) {
+        problems.at(i.url.span(), format!("issuer.url: {reason}"));
+    }
+    if i.key_files.get_ref().is_empty() {
+        problems.at(
+            i.key_files.span(),
+            "issuer.key_files: at least one PEM private key is required",
+        );
+    }
+    let key_files: Vec<PathBuf> = i
+        .key_files
+        .get_ref()
+        .iter()
+        .map(|f| resolve(base, f.get_ref()))
+        .collect();
+    let active_key_file = i.active_key_file.as_ref().map(|a| {
+        let path = resolve(base, a.get_ref());
+        if !key_files.contains(&path) {
+            problems.at(
+                a.span(),
+                format!(
+                    "issuer.active_key_file: `{}` is not one of issuer.key_files (a key is published before it signs)",
+                    a.get_ref()
+                ),
+            );
+        }
+        path
+    });
+    let lifetime = match &i.token_lifetime_seconds {
+        None => DEFAULT_TOKEN_LIFETIME,
+        Some(v) => match u64::try_from(*v.get_ref()) {
+            Ok(s) if TOKEN_LIFETIME_SECONDS.contains(&s) => Duration::from_secs(s),
+            _ => {
+                problems.at(
+                    v.span(),
+                    format!(
+                        "issuer.token_lifetime_seconds: {} is outside {}..={}",
+                        v.get_ref(),
+                        TOKEN_LIFETIME_SECONDS.start(),
+                        TOKEN_LIFETIME_SECONDS.end()
+                    ),
+                );
+                DEFAULT_TOKEN_LIFETIME
+            }
+        },
+    };
+    let listen = i.listen.as_ref().and_then(|l| match l.get_ref().parse() {
+        Ok(addr) => {
+            if tls.is_none() {
+                problems.at(
+                    l.span(),
+                    "issuer.listen: needs the [tls] section (its certificate and key serve discovery over HTTPS)",
+                );
+            }
+            Some(addr)
+        }
+        Err(_) => {
+            problems.at(
+                l.span(),
+                format!(
+                    "issuer.listen: `{}` is not an IP address and port such as 0.0.0.0:8443",
+                    l.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let config = IssuerConfig {
+        url: i.url.get_ref().clone(),
+        key_files,
+        active_key_file,
+        audience: i
+            .audience
+            .as_ref()
+            .map_or_else(|| DEFAULT_AUDIENCE.to_owned(), |a| a.get_ref().clone()),
+        default: i.default.unwrap_or(false),
+        token_lifetime: lifetime,
+        listen,
+    };
+    // The keys themselves: unreadable, not a key, too weak. Reported at the
+    // key's line in the config (or the list's, for the set as a whole).
+    if !config.key_files.is_empty()
+        && let Err((file, reason)) = crate::issuer::load_keys(&config)
+    {
+        let span = i
+            .key_files
+            .get_ref()
+            .iter()
+            .find(|f| resolve(base, f.get_ref()) == file)
+            .map_or(i.key_files.span(), |f| f.span());
+        problems.at(
+            span,
+            format!("issuer.key_files: `{}`: {reason}", file.display()),
+        );
+    }
+    config
 }
 
 fn audit(problems: &mut Problems<'_>, a: &RawAudit, config_path: &Path) -> AuditConfig {

@@ -80,6 +80,11 @@ pub enum Error {
     /// given: tokenbridge fails closed. Retrying later (or elsewhere) helps.
     #[error("the audit log cannot be written; no credentials are issued until it can; retry later")]
     AuditUnavailable,
+    /// The grant needs issuer mode (or its session tags or source identity
+    /// cannot be sent): the server's `[issuer]` or the binding must change.
+    /// Never answered by falling back to the caller's own token.
+    #[error("{0}")]
+    IssuerMode(String),
 }
 
 fn rate_limited_message(limit: Limit, retry_after: Duration) -> String {
@@ -113,6 +118,7 @@ impl Error {
             | Error::PermissionDenied(_)
             | Error::MessageTooLarge(_)
             | Error::HeadersTooLarge { .. }
+            | Error::IssuerMode(_)
             | Error::Sts(_) => None,
         }
     }
@@ -140,6 +146,7 @@ impl Error {
             Error::MessageTooLarge(_) | Error::HeadersTooLarge { .. } => "too_large",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::AuditUnavailable => "audit_unavailable",
+            Error::IssuerMode(_) => "issuer_mode",
         }
     }
 

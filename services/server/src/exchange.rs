@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tracing::{debug, debug_span, field::Empty, instrument};
 
 use tokenbridge_policy::{
-    Caller, PolicySnapshot, Refusal,
+    Caller, Decision, ExpandedSession, PolicySnapshot, Refusal,
     rules::{self, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS},
 };
 
@@ -17,9 +17,10 @@ use tokenbridge_proto::Secret;
 
 use crate::{
     aws::cache::{CacheKey, CredentialCache},
-    aws::sts::{AssumeRoleRequest, Credentials, session_name},
+    aws::sts::{AssumeRoleRequest, Credentials, WebIdentity, session_name},
     error::Error,
     google::jwt::{Claims, VerifiedToken, Verifier, VerifyError},
+    issuer::Issuer,
     observability::audit::Facts,
     transport::limits::RateLimits,
 };
@@ -72,6 +73,7 @@ pub struct Exchange {
     revision: tokio::sync::watch::Sender<u64>,
     credentials: CredentialCache,
     rate_limits: Option<Arc<RateLimits>>,
+    issuer: Option<Arc<Issuer>>,
 }
 
 impl Exchange {
@@ -87,7 +89,19 @@ impl Exchange {
             policy: ArcSwap::from_pointee(policy),
             credentials,
             rate_limits: None,
+            issuer: None,
         }
+    }
+
+    /// Signs the tokens STS gets for issuer-mode grants with `issuer`.
+    pub fn with_issuer(mut self, issuer: Arc<Issuer>) -> Self {
+        self.issuer = Some(issuer);
+        self
+    }
+
+    /// The issuer, if `[issuer]` is configured.
+    pub fn issuer(&self) -> Option<&Arc<Issuer>> {
+        self.issuer.as_ref()
     }
 
     /// Applies the per-subject rate limit of `rate_limits` to verified callers.
@@ -212,17 +226,19 @@ impl Exchange {
         facts.duration_seconds = Some(duration);
         let role_session_name = session_name(&claims.sub);
         facts.role_session_name = Some(role_session_name.clone());
+        let (web_identity_token, session) = self.web_identity(decision, &caller, token)?;
         let key = CacheKey {
             subject: claims.sub.clone(),
             role_arn: decision.role_arn.clone(),
             duration_seconds: duration,
             scope: decision.scope.clone(),
+            session,
         };
         let request = AssumeRoleRequest {
             role_arn: decision.role_arn.clone(),
             session_name: role_session_name.clone(),
             duration_seconds: duration,
-            web_identity_token: token,
+            web_identity_token,
             scope: decision.scope.clone(),
         };
         let credentials = self.credentials.get(key, request).await?;
@@ -241,6 +257,47 @@ impl Exchange {
             credentials,
             role_session_name,
         })
+    }
+}
+
+impl Exchange {
+    /// What STS gets for `decision`: the caller's own token (pass-through),
+    /// or a token signed when STS is called (issuer mode), with the session
+    /// tags and source identity expanded from the caller. `None` in the
+    /// second place means pass-through; the cache keys on it.
+    fn web_identity(
+        &self,
+        decision: &Decision,
+        caller: &Caller,
+        token: Secret<String>,
+    ) -> Result<(WebIdentity, Option<ExpandedSession>), Error> {
+        let issuer_mode = decision
+            .session
+            .issuer
+            .unwrap_or_else(|| self.issuer.as_ref().is_some_and(|i| i.config().default));
+        if !issuer_mode {
+            if decision.session.needs_issuer() {
+                return Err(Error::IssuerMode(format!(
+                    "binding {} sends session tags or a source identity, which need issuer mode, \
+                     but issuer mode is off for it; the platform team must set `issuer = true`",
+                    decision.session_binding
+                )));
+            }
+            return Ok((WebIdentity::Caller(token), None));
+        }
+        let Some(issuer) = &self.issuer else {
+            return Err(Error::IssuerMode(format!(
+                "binding {} needs issuer mode, but this server has no [issuer] configured; \
+                 it does not fall back to the caller's own token",
+                decision.session_binding
+            )));
+        };
+        let session = decision
+            .session
+            .expand(caller, &decision.session_binding)
+            .map_err(|e| Error::IssuerMode(format!("binding {}: {e}", decision.session_binding)))?;
+        let minter = issuer.token_for(&caller.sub, caller.verified_email(), session.clone());
+        Ok((WebIdentity::Issued(minter), Some(session)))
     }
 }
 

@@ -30,6 +30,7 @@ pub mod error;
 pub mod exchange;
 pub mod google;
 pub mod health;
+pub mod issuer;
 pub mod observability;
 pub mod policy_admin;
 pub mod store;
@@ -59,6 +60,7 @@ pub fn load(path: &Path) -> Result<(Config, PolicySnapshot), Vec<Problem>> {
         Some(file) => PolicySnapshot::load(file),
         None => Ok(PolicySnapshot::default()),
     };
+    let policy = policy.and_then(|p| issuer_mode_problems(&config, &p).map_or(Ok(p), Err));
     match (policy, tls) {
         (Ok(policy), None) => Ok((config, policy)),
         (Ok(_), Some(problem)) => Err(vec![problem]),
@@ -67,4 +69,25 @@ pub fn load(path: &Path) -> Result<(Config, PolicySnapshot), Vec<Problem>> {
             Err(problems)
         }
     }
+}
+
+/// Bindings that need issuer mode on a server without `[issuer]`: refused
+/// at load, as such a call would be refused (never passed through).
+fn issuer_mode_problems(config: &Config, policy: &PolicySnapshot) -> Option<Vec<Problem>> {
+    if config.issuer.is_some() {
+        return None;
+    }
+    let problems: Vec<Problem> = policy
+        .bindings()
+        .filter(|b| b.issuer == Some(true) || b.session_identity().needs_issuer())
+        .map(|b| Problem {
+            file: config.policy_file.clone().unwrap_or_default(),
+            line: None,
+            reason: format!(
+                "binding `{}`: needs issuer mode (issuer = true, session tags or a source identity), but the config has no [issuer] section",
+                b.name
+            ),
+        })
+        .collect();
+    (!problems.is_empty()).then_some(problems)
 }

@@ -57,6 +57,19 @@ fn main() -> ExitCode {
                     ),
                     (None, None) => println!("{}: ok", config.display()),
                 }
+                // Pass-through mode: the role's trust policy alone decides a
+                // call a workload makes to STS with its own Google token.
+                let default = cfg.issuer.as_ref().is_some_and(|i| i.default);
+                for b in policy.bindings() {
+                    let extras = tokenbridge_policy::trust::bypassable(b, default);
+                    if !extras.is_empty() {
+                        eprintln!(
+                            "warning: binding `{}` is in pass-through mode: its {} bind only callers that come through tokenbridge; a workload calling STS directly with its own Google token gets what the role's trust policy allows (use issuer mode: README, \"Issuer mode\")",
+                            b.name,
+                            extras.join(", ")
+                        );
+                    }
+                }
                 ExitCode::SUCCESS
             }
             Err(problems) => {
@@ -101,7 +114,7 @@ fn main() -> ExitCode {
                             return ExitCode::from(EX_UNAVAILABLE);
                         }
                     };
-                let code = serve(cfg, policy).await;
+                let code = serve(cfg, policy, config.clone()).await;
                 telemetry.shutdown().await;
                 code
             });
@@ -117,6 +130,7 @@ fn main() -> ExitCode {
 async fn serve(
     cfg: tokenbridge_server::Config,
     policy: tokenbridge_server::PolicySnapshot,
+    config_path: std::path::PathBuf,
 ) -> ExitCode {
     let addr = cfg.server.listen;
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -140,7 +154,7 @@ async fn serve(
         }
     };
     signals
-        .wait_for_shutdown(&running, policy_file.as_deref())
+        .wait_for_shutdown(&running, policy_file.as_deref(), Some(&config_path))
         .await;
     match running.stop().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -176,6 +190,7 @@ impl Signals {
         mut self,
         running: &tokenbridge_server::app::Running,
         policy_file: Option<&std::path::Path>,
+        config_file: Option<&std::path::Path>,
     ) {
         loop {
             tokio::select! {
@@ -184,6 +199,18 @@ impl Signals {
                 _ = self.hup.recv() => {
                     if let Some(tls) = running.tls() {
                         tls.reload();
+                    }
+                    if let Some(issuer) = running.exchange().issuer() {
+                        // Key rotation changes key_files or active_key_file:
+                        // read them from the config again.
+                        let wanted = config_file
+                            .and_then(|f| tokenbridge_server::Config::load(f).ok())
+                            .and_then(|c| c.issuer)
+                            .unwrap_or_else(|| issuer.config().clone());
+                        match issuer.reload_with(&wanted) {
+                            Ok(kid) => info!(active_kid = %kid, "issuer keys reloaded (SIGHUP)"),
+                            Err((file, why)) => error!(file = %file.display(), reason = %why, "issuer key reload refused; the current keys stay"),
+                        }
                     }
                     let Some(policy_file) = policy_file else { continue };
                     match tokenbridge_server::PolicySnapshot::load(policy_file) {

@@ -34,6 +34,7 @@ use moka::{Expiry, future::Cache, ops::compute::Op};
 use rand::Rng as _;
 use tracing::{debug, warn};
 
+use tokenbridge_policy::ExpandedSession;
 use tokenbridge_policy::SessionScope;
 
 use crate::{
@@ -93,6 +94,9 @@ pub struct CacheKey {
     /// The session policies the credentials are scoped by: two bindings
     /// scoping one role differently never share credentials.
     pub scope: SessionScope,
+    /// Issuer mode's session tags and source identity (`None`:
+    /// pass-through): sessions that differ never share credentials.
+    pub session: Option<ExpandedSession>,
 }
 
 struct Entry {
@@ -390,6 +394,7 @@ mod tests {
             role_arn: "arn:aws:iam::123456789012:role/R".into(),
             duration_seconds,
             scope: Default::default(),
+            session: None,
         }
     }
 
@@ -398,7 +403,7 @@ mod tests {
             role_arn: "arn:aws:iam::123456789012:role/R".into(),
             session_name: "s".into(),
             duration_seconds,
-            web_identity_token: Secret::new("token".into()),
+            web_identity_token: Secret::new("token".to_string()).into(),
             scope: Default::default(),
         }
     }

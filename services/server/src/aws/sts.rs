@@ -35,6 +35,46 @@ use tokenbridge_proto::Secret;
 use super::AwsConfig;
 use crate::observability::metrics::Metrics;
 
+/// Signs the token for one STS call in issuer mode, when STS is called.
+pub trait MintToken: Send + Sync {
+    /// A fresh token.
+    fn mint(&self) -> Result<Secret<String>, StsError>;
+}
+
+/// The web identity token of an `AssumeRoleWithWebIdentity` call.
+#[derive(Clone)]
+pub enum WebIdentity {
+    /// The caller's own Google ID token (pass-through mode).
+    Caller(Secret<String>),
+    /// A token tokenbridge signs when STS is called (issuer mode).
+    Issued(Arc<dyn MintToken>),
+}
+
+impl WebIdentity {
+    /// The token to send now.
+    pub fn token(&self) -> Result<Secret<String>, StsError> {
+        match self {
+            WebIdentity::Caller(token) => Ok(token.clone()),
+            WebIdentity::Issued(minter) => minter.mint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for WebIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebIdentity::Caller(_) => f.write_str("Caller(** redacted **)"),
+            WebIdentity::Issued(_) => f.write_str("Issued"),
+        }
+    }
+}
+
+impl From<Secret<String>> for WebIdentity {
+    fn from(token: Secret<String>) -> Self {
+        WebIdentity::Caller(token)
+    }
+}
+
 /// What is asked of STS.
 #[derive(Debug, Clone)]
 pub struct AssumeRoleRequest {
@@ -44,8 +84,9 @@ pub struct AssumeRoleRequest {
     pub session_name: String,
     /// Requested lifetime of the credentials.
     pub duration_seconds: u32,
-    /// The caller's own Google ID token.
-    pub web_identity_token: Secret<String>,
+    /// The token STS gets: the caller's own Google ID token, or one
+    /// tokenbridge signs (issuer mode).
+    pub web_identity_token: WebIdentity,
     /// Session policies (`Policy`, `PolicyArns`) scoping the role down.
     pub scope: SessionScope,
 }
@@ -249,7 +290,8 @@ impl Sts {
         client: &aws_sdk_sts::Client,
         req: &AssumeRoleRequest,
     ) -> Result<Credentials, StsError> {
-        let token = req.web_identity_token.expose();
+        let token = req.web_identity_token.token()?;
+        let token = token.expose();
         let out = client
             .assume_role_with_web_identity()
             .role_arn(&req.role_arn)

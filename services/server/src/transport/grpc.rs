@@ -396,6 +396,8 @@ fn code_of(err: &Error) -> Code {
         Error::DeadlineExceeded(_) => Code::Unavailable,
         // The decision cannot be recorded: fail closed, retryably.
         Error::AuditUnavailable => Code::Unavailable,
+        // A binding or the server's [issuer] must change first.
+        Error::IssuerMode(_) => Code::FailedPrecondition,
     }
 }
 

@@ -145,6 +145,20 @@ pub fn load(config: &TlsConfig) -> Result<(Fingerprint, Arc<ServerConfig>), TlsE
     ))
 }
 
+/// The `[tls]` certificate and key for a public HTTPS listener (issuer
+/// discovery): no client certificate asked, HTTP/1.1 and HTTP/2 offered.
+pub fn load_public(config: &TlsConfig) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert_pem = read("certificate file", &config.cert_file)?;
+    let key_pem = read("key file", &config.key_file)?;
+    let public = TlsConfig {
+        client_ca_file: None,
+        ..config.clone()
+    };
+    let mut server = build(&public, &cert_pem, &key_pem, None)?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
 fn certificates(
     what: &'static str,
     path: &Path,

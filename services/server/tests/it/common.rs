@@ -100,6 +100,7 @@ pub struct Options {
     pub store: Option<StoreConfig>,
     /// The policy admin API.
     pub policy_admin: Option<PolicyAdminConfig>,
+    pub issuer: Option<tokenbridge_server::config::IssuerConfig>,
 }
 
 impl Default for Options {
@@ -124,6 +125,7 @@ impl Default for Options {
             },
             store: None,
             policy_admin: None,
+            issuer: None,
         }
     }
 }
@@ -161,6 +163,7 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
         },
         audit: opts.audit.clone(),
         telemetry: TelemetryConfig::default(),
+        issuer: opts.issuer.clone(),
     }
 }
 

@@ -11,6 +11,7 @@ mod cache;
 mod cli;
 mod common;
 mod exchange;
+mod issuer;
 mod observability;
 mod outage;
 mod policy;
