@@ -33,7 +33,7 @@ pub use fake_sts::{
 pub use fault_proxy::{FaultProxy, ProxyMode};
 pub use google::{JwksFault, JwksServer, MetadataServer};
 pub use issuer::{Issuer, ServiceAccount};
-pub use moto::Moto;
+pub use moto::{Moto, venv_python};
 pub use pki::{PemPair, Pki};
 pub use strict_sts::{Provider, Seen, StrictSts};
 

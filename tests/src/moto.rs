@@ -71,7 +71,7 @@ impl Moto {
     }
 
     fn start_blocking() -> Self {
-        let python = python();
+        let python = venv_python();
         assert!(
             python.exists(),
             "moto is not installed: run scripts/test (it creates .venv and installs the pinned \
@@ -130,8 +130,8 @@ impl Drop for Moto {
     }
 }
 
-/// The Python of the project's virtualenv.
-fn python() -> PathBuf {
+/// The Python of the project's virtualenv (`$TOKENBRIDGE_VENV`, default `.venv`).
+pub fn venv_python() -> PathBuf {
     let venv = std::env::var_os("TOKENBRIDGE_VENV").map_or_else(
         || {
             Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -442,3 +442,121 @@ async fn bad_files_tokens_and_trust_policies_get_clear_answers() {
     assert!(stderr(&o).contains("--endpoint"), "{}", stderr(&o));
     env.stop().await;
 }
+
+fn admin_local(args: &[&str]) -> Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tokenbridge-admin"))
+        .args(args)
+        .env_remove("TOKENBRIDGE_ADMIN_ENDPOINT")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn issuer_export_writes_discovery_and_the_public_jwks_and_trust_policy_prints_both_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["k1.pem", "k2.pem"] {
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem();
+        std::fs::write(dir.path().join(name), pem).unwrap();
+    }
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[issuer]\nurl = \"https://issuer.example.com\"\nkey_files = [\"k1.pem\", \"k2.pem\"]\nactive_key_file = \"k2.pem\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("site");
+    let o = admin_local(&[
+        "issuer",
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let discovery: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join(".well-known/openid-configuration")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(discovery["issuer"], "https://issuer.example.com");
+    assert_eq!(
+        discovery["jwks_uri"],
+        "https://issuer.example.com/.well-known/jwks.json"
+    );
+    let jwks_text = std::fs::read_to_string(out.join(".well-known/jwks.json")).unwrap();
+    let jwks: Value = serde_json::from_str(&jwks_text).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+    assert!(!jwks_text.contains("\"d\""), "a private part was exported");
+
+    // A plain-HTTP issuer is refused with the file and the reason.
+    std::fs::write(
+        &config,
+        "[issuer]\nurl = \"http://issuer.example.com\"\nkey_files = [\"k1.pem\"]\n",
+    )
+    .unwrap();
+    let o = admin_local(&[
+        "issuer",
+        "export",
+        "--config",
+        config.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not an https:// URL"));
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[binding]]\nname = \"issued\"\nservice_accounts = [\"112233\"]\nrole_arns = [\"arn:aws:iam::111122223333:role/R\"]\nissuer = true\nsource_identity = \"{sub}\"\n\n[[binding]]\nname = \"scoped\"\nservice_accounts = [\"112233\"]\nrole_arns = [\"arn:aws:iam::111122223333:role/S\"]\nsession_policy = '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"s3:GetObject\",\"Resource\":\"*\"}]}'\n",
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let o = admin_local(&[
+        "trust-policy",
+        "issued",
+        "-f",
+        p,
+        "--issuer",
+        "https://issuer.example.com",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let st = &printed["trust_policy"]["Statement"][0];
+    assert_eq!(
+        st["Principal"]["Federated"],
+        "arn:aws:iam::111122223333:oidc-provider/issuer.example.com"
+    );
+    assert_eq!(
+        st["Condition"]["StringEquals"]["issuer.example.com:aud"],
+        "sts.amazonaws.com"
+    );
+    assert_eq!(st["Action"][1], "sts:SetSourceIdentity");
+    let o = admin_local(&[
+        "trust-policy",
+        "scoped",
+        "-f",
+        p,
+        "--exchange-audience",
+        "aud",
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stderr)
+            .contains("in pass-through mode, binding `scoped`'s session policies"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -160,6 +160,15 @@ pub enum LintKind {
     /// `:aud` and `:sub` pin different unique IDs; no service account token
     /// has `azp` ≠ `sub`, so the statement matches nothing.
     AudSubDiffer,
+    /// Issuer mode: a statement trusting tokenbridge's issuer (an IAM OIDC
+    /// provider) without a condition on `ISSUER:aud`.
+    IssuerMissingAud,
+    /// Issuer mode: no condition on `ISSUER:sub` and none on
+    /// `aws:RequestTag/…`: every identity the issuer signs for gets the role.
+    IssuerUnpinned,
+    /// A Google statement beside an issuer statement: workloads can still
+    /// call STS with their own Google token and walk around tokenbridge.
+    GoogleBesideIssuer,
 }
 
 /// One finding.
@@ -212,6 +221,7 @@ pub fn lint(text: &str) -> Vec<Lint> {
     };
 
     let mut google_statements = 0;
+    let mut issuer_statements = 0;
     for (i, st) in statements.iter().enumerate() {
         let mut push = |severity, kind, message: String| {
             out.push(Lint {
@@ -247,6 +257,46 @@ pub fn lint(text: &str) -> Vec<Lint> {
         if federated.is_empty() {
             continue;
         }
+        if let Some(prefix) = federated
+            .iter()
+            .find_map(|f| f.split_once(":oidc-provider/").map(|(_, p)| p.to_owned()))
+        {
+            // Issuer mode: tokenbridge's issuer behind an IAM OIDC provider.
+            issuer_statements += 1;
+            let condition = st.get("Condition").and_then(Value::as_object);
+            let keyed = |suffix: &str| {
+                condition.is_some_and(|c| {
+                    c.values().filter_map(Value::as_object).any(|m| {
+                        m.keys()
+                            .any(|k| k.eq_ignore_ascii_case(&format!("{prefix}:{suffix}")))
+                    })
+                })
+            };
+            let by_tag = condition.is_some_and(|c| {
+                c.values()
+                    .filter_map(Value::as_object)
+                    .any(|m| m.keys().any(|k| k.starts_with("aws:RequestTag/")))
+            });
+            if !keyed("aud") {
+                push(
+                    Severity::Error,
+                    LintKind::IssuerMissingAud,
+                    format!(
+                        "no condition on `{prefix}:aud`: pin it to tokenbridge's [issuer] audience (sts.amazonaws.com)"
+                    ),
+                );
+            }
+            if !keyed("sub") && !by_tag {
+                push(
+                    Severity::Error,
+                    LintKind::IssuerUnpinned,
+                    format!(
+                        "no condition on `{prefix}:sub` or on aws:RequestTag/…: every service account tokenbridge signs for can assume the role"
+                    ),
+                );
+            }
+            continue;
+        }
         if !federated
             .iter()
             .any(|f| f.eq_ignore_ascii_case(GOOGLE_FEDERATED_PRINCIPAL))
@@ -255,7 +305,7 @@ pub fn lint(text: &str) -> Vec<Lint> {
                 Severity::Warning,
                 LintKind::NotGooglePrincipal,
                 format!(
-                    "the federated principal {} is not `{GOOGLE_FEDERATED_PRINCIPAL}`; Google ID tokens cannot assume the role through this statement",
+                    "the federated principal {} is not `{GOOGLE_FEDERATED_PRINCIPAL}`; Google ID tokens cannot assume the role through this statement, and it is not an IAM OIDC provider for tokenbridge's issuer",
                     federated.join(", ")
                 ),
             );
@@ -383,7 +433,18 @@ pub fn lint(text: &str) -> Vec<Lint> {
             );
         }
     }
-    if google_statements == 0 && !out.iter().any(|l| l.kind == LintKind::WildcardPrincipal) {
+    if google_statements > 0 && issuer_statements > 0 {
+        out.push(Lint {
+            severity: Severity::Warning,
+            kind: LintKind::GoogleBesideIssuer,
+            statement: None,
+            message: "the role trusts both Google and tokenbridge's issuer: until the Google statement is removed, workloads can call STS with their own Google token and walk around tokenbridge's policy (fine while moving a role to issuer mode)".into(),
+        });
+    }
+    if google_statements == 0
+        && issuer_statements == 0
+        && !out.iter().any(|l| l.kind == LintKind::WildcardPrincipal)
+    {
         out.push(Lint {
             severity: Severity::Error,
             kind: LintKind::NoGoogleStatement,
@@ -778,5 +839,62 @@ mod tests {
             kinds(&other_idp),
             [LintKind::NoGoogleStatement, LintKind::NotGooglePrincipal]
         );
+    }
+
+    #[test]
+    fn issuer_mode_policies_are_linted_as_such() {
+        let b = Binding {
+            name: "b".into(),
+            service_accounts: vec!["112233".into()],
+            role_arns: vec!["arn:aws:iam::111122223333:role/R".into()],
+            issuer: Some(true),
+            session_tags: [("team".to_string(), "a".to_string())].into(),
+            ..Binding::default()
+        };
+        let printed =
+            for_binding_issuer(&b, "https://i.example", "sts.amazonaws.com", &|_| None).unwrap();
+        let st = &printed.document["Statement"][0];
+        assert_eq!(
+            st["Principal"]["Federated"],
+            "arn:aws:iam::111122223333:oidc-provider/i.example"
+        );
+        assert_eq!(
+            st["Action"],
+            json!(["sts:AssumeRoleWithWebIdentity", "sts:TagSession"])
+        );
+        assert_eq!(st["Condition"]["StringEquals"]["i.example:sub"], "112233");
+        assert!(
+            lint(&printed.document.to_string()).is_empty(),
+            "{:?}",
+            lint(&printed.document.to_string())
+        );
+        let open = json!({"Statement": [{"Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+            "Principal": {"Federated": "arn:aws:iam::111122223333:oidc-provider/i.example"}}]});
+        let kinds: Vec<LintKind> = lint(&open.to_string())
+            .into_iter()
+            .map(|l| l.kind)
+            .collect();
+        assert_eq!(
+            kinds,
+            [LintKind::IssuerMissingAud, LintKind::IssuerUnpinned]
+        );
+        let google = for_binding(&b, &["aud".into()], &|_| None)
+            .unwrap()
+            .document;
+        let both = json!({"Statement": [google["Statement"][0].clone(), st.clone()]});
+        let kinds: Vec<LintKind> = lint(&both.to_string())
+            .into_iter()
+            .map(|l| l.kind)
+            .collect();
+        assert_eq!(kinds, [LintKind::GoogleBesideIssuer]);
+        assert_eq!(bypassable(&b, false), Vec::<&str>::new());
+        let mut passed = b.clone();
+        passed.issuer = None;
+        passed.session_tags.clear();
+        passed.max_duration_seconds = Some(43_200);
+        assert!(bypassable(&passed, false).is_empty());
+        passed.session_policy = Some("{}".into());
+        assert_eq!(bypassable(&passed, false), ["session policies"]);
+        assert!(bypassable(&passed, true).is_empty());
     }
 }

@@ -761,7 +761,23 @@ fn issuer(
     };
     // The keys themselves: unreadable, not a key, too weak. Reported at the
     // key's line in the config (or the list's, for the set as a whole).
-    if !config.key_files.is_empty()
+    let mut key_problems = false;
+    for (f, path) in i.key_files.get_ref().iter().zip(&config.key_files) {
+        let single = IssuerConfig {
+            key_files: vec![path.clone()],
+            active_key_file: None,
+            ..config.clone()
+        };
+        if let Err((_, reason)) = crate::issuer::load_keys(&single) {
+            key_problems = true;
+            problems.at(
+                f.span(),
+                format!("issuer.key_files: `{}`: {reason}", path.display()),
+            );
+        }
+    }
+    if !key_problems
+        && !config.key_files.is_empty()
         && let Err((file, reason)) = crate::issuer::load_keys(&config)
     {
         let span = i

@@ -635,3 +635,106 @@ fn check_reports_unusable_tls_files() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+fn rsa_key(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_reports_issuer_problems_with_file_and_line_and_warns_about_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "127.0.0.1:0",
+        "http://127.0.0.1:1/certs",
+        "http://127.0.0.1:1",
+    );
+    rsa_key(dir.path(), "good.pem");
+    std::fs::write(
+        dir.path().join("weak.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let base = std::fs::read_to_string(&config).unwrap();
+    let bad = format!(
+        "{base}\n[issuer]\nurl = \"http://issuer.example.com\"\nkey_files = [\"good.pem\", \"weak.pem\", \"missing.pem\"]\nactive_key_file = \"other.pem\"\ntoken_lifetime_seconds = 5\nlisten = \"0.0.0.0:8443\"\n"
+    );
+    std::fs::write(&config, &bad).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = config.display().to_string();
+    for (line, needle) in [
+        (
+            19,
+            "issuer.url: `http://issuer.example.com` is not an https:// URL",
+        ),
+        (
+            21,
+            "issuer.active_key_file: `other.pem` is not one of issuer.key_files",
+        ),
+        (22, "issuer.token_lifetime_seconds: 5 is outside 60..=900"),
+        (23, "issuer.listen: needs the [tls] section"),
+    ] {
+        assert!(
+            err.contains(&format!("{file}:{line}: {needle}")),
+            "line {line}: {needle}\n{err}"
+        );
+    }
+    assert!(err.contains("weak.pem`: not a PEM private key"), "{err}");
+    assert!(
+        err.contains("missing.pem`: cannot read the issuer key"),
+        "{err}"
+    );
+    assert!(!err.contains("good.pem"), "{err}");
+
+    // A good [issuer]; a pass-through binding with a session policy is
+    // warned about, and an issuer-mode binding is not.
+    std::fs::write(
+        &config,
+        format!(
+            "{base}\n[issuer]\nurl = \"https://issuer.example.com\"\nkey_files = [\"good.pem\"]\n"
+        ),
+    )
+    .unwrap();
+    let mut policy = std::fs::read_to_string(dir.path().join("policy.toml")).unwrap();
+    policy.push_str(
+        "\n[[binding]]\nname = \"scoped\"\nservice_accounts = [\"123\"]\nrole_arns = [\"arn:aws:iam::123456789012:role/S\"]\nsession_policy = '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"s3:GetObject\",\"Resource\":\"*\"}]}'\n\n[[binding]]\nname = \"issued\"\nservice_accounts = [\"124\"]\nrole_arns = [\"arn:aws:iam::123456789012:role/S\"]\nissuer = true\nsession_policy = '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Action\":\"s3:GetObject\",\"Resource\":\"*\"}]}'\nsession_tags = { team = \"a\" }\n",
+    );
+    std::fs::write(dir.path().join("policy.toml"), &policy).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("binding `scoped` is in pass-through mode: its session policies"),
+        "{err}"
+    );
+    assert!(!err.contains("binding `issued`"), "{err}");
+
+    // Without [issuer], an issuer-mode binding is a problem, not a fallback.
+    std::fs::write(&config, &base).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("binding `issued`: needs issuer mode"), "{err}");
+}

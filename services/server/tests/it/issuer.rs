@@ -243,3 +243,138 @@ async fn an_issuer_mode_binding_on_a_server_without_issuer_fails_closed() {
     assert!(err.message().contains("no [issuer]"), "{}", err.message());
     assert!(!err.message().contains(&token));
 }
+
+/// Verifies `tokens` with PyJWT (the test virtualenv), fetching discovery
+/// and the JWKS from tokenbridge's own HTTPS discovery listener. Runs on a
+/// blocking thread: the listener serves on this test's runtime.
+async fn pyjwt_verify(base: &str, ca_file: &Path, tokens: &[String]) -> Vec<serde_json::Value> {
+    let (base, ca_file, tokens) = (base.to_owned(), ca_file.to_owned(), tokens.to_vec());
+    tokio::task::spawn_blocking(move || pyjwt_verify_blocking(&base, &ca_file, &tokens))
+        .await
+        .unwrap()
+}
+
+fn pyjwt_verify_blocking(base: &str, ca_file: &Path, tokens: &[String]) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/py/verify_oidc.py");
+    let mut child = std::process::Command::new(tokenbridge_testing::venv_python())
+        .arg(script)
+        .args([
+            base,
+            ca_file.to_str().unwrap(),
+            ISSUER_URL,
+            "sts.amazonaws.com",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the test virtualenv's python (scripts/test installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    for t in tokens {
+        writeln!(stdin, "{t}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "verify_oidc.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn pyjwt_accepts_every_token_from_the_https_discovery_listener_across_a_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = tokenbridge_testing::Pki::new("tokenbridge test CA");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.ca_pem()).unwrap();
+    let k1 = key_file(dir.path(), "k1.pem");
+    let ec = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .unwrap()
+        .serialize_pem();
+    let k2 = dir.path().join("k2.pem");
+    std::fs::write(&k2, ec).unwrap();
+    let config = IssuerConfig {
+        url: ISSUER_URL.into(),
+        key_files: vec![k1.clone(), k2.clone()],
+        active_key_file: Some(k1),
+        audience: "sts.amazonaws.com".into(),
+        default: false,
+        token_lifetime: Duration::from_secs(300),
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+    };
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(Moto::shared().await.endpoint()),
+        issuer: Some(config.clone()),
+        tls: Some(tokenbridge_server::config::TlsConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            cert_file: cert,
+            key_file: key,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(3600),
+        }),
+        ..Options::default()
+    })
+    .await;
+    let running = env.server.as_ref().unwrap();
+    let base = format!(
+        "https://localhost:{}",
+        running.discovery_addr.unwrap().port()
+    );
+    let issuer = running.exchange().issuer().unwrap().clone();
+    let sa = workload();
+    let mint = || {
+        issuer
+            .token_for(&sa.unique_id, Some(&sa.email), Default::default())
+            .mint()
+            .unwrap()
+            .into_exposed()
+    };
+    let rsa_token = mint();
+    let rsa_kid = jsonwebtoken::decode_header(&rsa_token).unwrap().kid;
+    let before = pyjwt_verify(&base, &ca_file, std::slice::from_ref(&rsa_token)).await;
+    assert_eq!(before[0]["sub"], sa.unique_id.as_str(), "{before:?}");
+    assert_eq!(before[0]["email"], sa.email.as_str());
+
+    let mut rotated = config.clone();
+    rotated.active_key_file = Some(k2);
+    issuer.reload_with(&rotated).unwrap();
+    let ec_token = mint();
+    assert_eq!(
+        jsonwebtoken::decode_header(&ec_token).unwrap().alg,
+        jsonwebtoken::Algorithm::ES256
+    );
+    // Both keys stay published: the token signed before the rotation and
+    // the one after both verify.
+    let after = pyjwt_verify(&base, &ca_file, &[rsa_token, ec_token]).await;
+    assert!(
+        after.iter().all(|c| c["sub"] == sa.unique_id.as_str()),
+        "{after:?}"
+    );
+
+    // A forged token (signed by a key the issuer never published) fails.
+    let forged = {
+        let pem = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = rsa_kid;
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"iss": ISSUER_URL, "sub": "1", "aud": "sts.amazonaws.com",
+                "iat": 1, "exp": 4_000_000_000u64, "jti": "x"}),
+            &jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let forged = pyjwt_verify(&base, &ca_file, &[forged]).await;
+    let error = forged[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("Signature"), "{forged:?}");
+}
