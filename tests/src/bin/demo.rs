@@ -23,7 +23,9 @@ use std::{
 
 use clap::Parser;
 use tokenbridge_proto::v1::{GetCredentialsRequest, token_exchange_client::TokenExchangeClient};
-use tokenbridge_testing::{Issuer, JwksServer, MetadataServer, Moto, ServiceAccount};
+use tokenbridge_testing::{
+    Issuer, JwksServer, MetadataServer, Moto, Pki, Provider, ServiceAccount, StrictSts,
+};
 use tonic::Request;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -31,6 +33,8 @@ use tonic_health::pb::{
 
 const AUDIENCE: &str = "https://tokenbridge.example.com";
 const ROLE: &str = "arn:aws:iam::123456789012:role/RoleForAccessFromGCPTeamA";
+/// The demo policy's issuer-mode role.
+const ISSUER_ROLE: &str = "arn:aws:iam::123456789012:role/RoleForIssuerModeTeamA";
 
 /// Runs the tokenbridge demo.
 #[derive(Parser)]
@@ -59,11 +63,69 @@ async fn main() {
     );
     let metadata = MetadataServer::start(issuer.clone(), vm.clone()).await;
     let moto = Moto::start().await;
+    // moto issues credentials but checks neither tokens nor trust policies:
+    // StrictSts, a stand-in written from AWS's documentation, does, in front.
+    let sts = StrictSts::start(moto.endpoint()).await;
     println!("  JWKS      {}", jwks.uri());
     println!("  metadata  http://{}", metadata.host());
-    println!("  STS       {} (moto)", moto.endpoint());
+    println!(
+        "  STS       {} (trust policies checked as AWS documents) -> {} (moto)",
+        sts.endpoint(),
+        moto.endpoint()
+    );
 
     let dir = tempfile::tempdir().expect("a temporary directory");
+    // Issuer mode: a signing key, and TLS for the discovery listener.
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let ca = Pki::new("tokenbridge demo CA");
+    let (cert, key) = ca.server().write(dir.path(), "server");
+    let issuer_key = dir.path().join("issuer.pem");
+    std::fs::write(
+        &issuer_key,
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256)
+            .unwrap()
+            .serialize_pem(),
+    )
+    .unwrap();
+    let discovery_port = free();
+    let issuer_url = format!("https://localhost:{discovery_port}");
+    let issuer_host = format!("localhost:{discovery_port}");
+    sts.trust_provider(Provider::google(jwks.uri()));
+    sts.trust_provider(Provider {
+        ca_pem: Some(ca.ca_pem()),
+        ..Provider::oidc(
+            issuer_url.clone(),
+            format!("{issuer_url}/.well-known/jwks.json"),
+            ["sts.amazonaws.com"],
+        )
+    });
+    // The trust policies `tokenbridge-admin trust-policy` prints: Google's
+    // for the pass-through role, tokenbridge's issuer for the other.
+    sts.set_trust_policy(
+        ROLE,
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Federated": "accounts.google.com"},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {
+                "accounts.google.com:aud": vm.unique_id, "accounts.google.com:oaud": AUDIENCE,
+                "accounts.google.com:sub": vm.unique_id}}}]}),
+    );
+    sts.set_trust_policy(
+        ISSUER_ROLE,
+        serde_json::json!({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Federated": format!("arn:aws:iam::123456789012:oidc-provider/{issuer_host}")},
+            "Action": ["sts:AssumeRoleWithWebIdentity", "sts:TagSession", "sts:SetSourceIdentity"],
+            "Condition": {"StringEquals": {
+                format!("{issuer_host}:aud"): "sts.amazonaws.com",
+                format!("{issuer_host}:sub"): vm.unique_id}}}]}),
+    );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -80,10 +142,16 @@ async fn main() {
         format!(
             "[server]\nlisten = \"{listen}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{}\"\n\n\
              [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{}\"\n\n[policy]\nfile = \"{}\"\n\n\
-             [admin]\nlisten = \"127.0.0.1:0\"\n",
+             [admin]\nlisten = \"127.0.0.1:0\"\n\n\
+             [tls]\nlisten = \"127.0.0.1:{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n\
+             [issuer]\nurl = \"{issuer_url}\"\nkey_files = [\"{}\"]\nlisten = \"127.0.0.1:{discovery_port}\"\n",
             jwks.uri(),
-            moto.endpoint(),
-            policy.display()
+            sts.endpoint(),
+            policy.display(),
+            free(),
+            cert.display(),
+            key.display(),
+            issuer_key.display(),
         ),
     )
     .unwrap();
@@ -181,6 +249,68 @@ async fn main() {
         creds.session_token.len()
     );
 
+    step("issuer mode: tokenbridge signs the token STS gets (binding `demo-team-a-issuer`)");
+    let mut req = Request::new(GetCredentialsRequest {
+        role_arn: ISSUER_ROLE.into(),
+        duration_seconds: 0,
+    });
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let issued = client
+        .get_credentials(req)
+        .await
+        .expect("GetCredentials in issuer mode")
+        .into_inner();
+    let seen = sts.requests().pop().expect("STS saw the call");
+    println!("  assumed role ARN   {}", issued.assumed_role_arn);
+    println!(
+        "  STS got a token with iss {} sub {} aud {}",
+        seen.claims["iss"], seen.claims["sub"], seen.claims["aud"]
+    );
+    println!("  session tags       {:?}", seen.tags);
+    println!(
+        "  source identity    {}",
+        seen.source_identity.as_deref().unwrap_or("-")
+    );
+
+    step("the workload calls STS itself with its own Google token (no tokenbridge)");
+    let direct = |role: &'static str| {
+        let (endpoint, token) = (sts.endpoint(), token.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(endpoint)
+                .form(&[
+                    ("Action", "AssumeRoleWithWebIdentity"),
+                    ("Version", "2011-06-15"),
+                    ("RoleArn", role),
+                    ("RoleSessionName", "walk-around"),
+                    ("WebIdentityToken", token.as_str()),
+                ])
+                .send()
+                .await
+                .expect("STS");
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            let code = body
+                .split("<Code>")
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .unwrap_or("none");
+            (status, code.to_owned())
+        }
+    };
+    let (status, code) = direct(ISSUER_ROLE).await;
+    println!("  issuer-mode role:  HTTP {status} {code} (STS trusts only tokenbridge's issuer)");
+    let (status, code) = direct(ROLE).await;
+    println!(
+        "  pass-through role: HTTP {status} {} (the trust policy alone decides: tokenbridge's policy is walked around; README, \"Issuer mode\")",
+        if status.is_success() {
+            "credentials"
+        } else {
+            code.as_str()
+        }
+    );
+
     step("a service account with no binding is refused");
     let stranger = ServiceAccount::new(
         "555555555555555555555",
@@ -207,6 +337,7 @@ async fn main() {
         &moto.endpoint(),
     )
     .await;
+    drop(sts);
 
     step("stopping (SIGTERM: health NOT_SERVING, in-flight calls drain)");
     drop(client);
