@@ -245,6 +245,7 @@ struct RawPolicyRef {
 struct RawStore {
     url: Spanned<String>,
     schema: Option<Spanned<String>>,
+    allow_unverified_tls: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -570,6 +571,18 @@ fn store(problems: &mut Problems<'_>, s: &RawStore, base: &Path) -> StoreConfig 
         }
         format!("sqlite://{}", base.join(file).display())
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if let Some(host) = unverified_remote_host(url)
+            && s.allow_unverified_tls != Some(true)
+        {
+            problems.at(
+                s.url.span(),
+                format!(
+                    "store.url: host `{host}` is not loopback and the URL does not verify its certificate: \
+                     add sslmode=verify-full (or verify-ca) so the bindings and deny list cannot be read or \
+                     changed in transit, or set store.allow_unverified_tls = true to accept that risk"
+                ),
+            );
+        }
         url.to_string()
     } else {
         // The value may hold a password: say what it starts with, no more.
@@ -599,6 +612,39 @@ fn store(problems: &mut Problems<'_>, s: &RawStore, base: &Path) -> StoreConfig 
         name.clone()
     });
     StoreConfig { url, schema }
+}
+
+/// The host of a PostgreSQL URL that is neither loopback nor a Unix socket
+/// and whose `sslmode` does not verify the server's certificate.
+fn unverified_remote_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, query) = match rest.split_once(['/', '?']) {
+        Some((a, _)) => (a, rest.split_once('?').map_or("", |(_, q)| q)),
+        None => (rest, ""),
+    };
+    let params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+    if matches!(param("sslmode"), Some("verify-full" | "verify-ca")) {
+        return None;
+    }
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    let host = param("host").unwrap_or(host);
+    let local = host.is_empty()
+        || host.starts_with('/')
+        || host.starts_with("%2F")
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!local).then(|| host.to_owned())
 }
 
 fn policy_admin(

@@ -788,3 +788,43 @@ async fn reopening_an_existing_sqlite_file_keeps_its_data() {
     let second = h.open().await;
     assert_eq!(second.get_binding("kept").await.unwrap(), b);
 }
+
+/// Any role that can connect can `NOTIFY` the store's channel with any
+/// payload. A forged, huge revision must not stop a replica from following
+/// the store: the notification is a hint, the revision is read from the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_notification_does_not_stop_a_replica_from_following() {
+    let h = Harness::postgres();
+    let replica = h.open().await;
+    let admin = h.open().await;
+    let Store::Postgres(pg) = &replica else {
+        unreachable!("a PostgreSQL harness")
+    };
+    let channel = pg.channel().to_owned();
+    let mut changes = replica.watch().await.unwrap();
+
+    let attacker = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&postgres_url())
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(&channel)
+        .bind("18446744073709551000")
+        .execute(&attacker)
+        .await
+        .unwrap();
+    let created = admin.create_binding(ADMIN, binding("b")).await.unwrap();
+    let seen = tokio::time::timeout(HANG_GUARD, changes.changed())
+        .await
+        .expect("no change notification")
+        .unwrap();
+    assert_eq!(seen, created.revision, "the forged revision was believed");
+    let again = admin.create_binding(ADMIN, binding("c")).await.unwrap();
+    let seen = tokio::time::timeout(HANG_GUARD, changes.changed())
+        .await
+        .expect("the replica stopped following after a forged notification")
+        .unwrap();
+    assert_eq!(seen, again.revision);
+}

@@ -198,14 +198,16 @@ impl Backend for PgBackend {
                     () = tx.closed() => return,
                 };
                 match received {
-                    Ok(Some(n)) => {
+                    // A notification is only a hint that something changed:
+                    // any role that can connect can send one, with any
+                    // payload. The revision comes from the store itself.
+                    Ok(Some(_)) => {
                         backoff = Duration::from_millis(100);
-                        match n.payload().parse::<u64>() {
+                        match read_revision(&pool).await {
                             Ok(revision) => advance(&tx, revision),
-                            Err(_) => tracing::warn!(
-                                payload = n.payload(),
-                                "policy store: unexpected notification payload"
-                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "policy store: cannot read the revision")
+                            }
                         }
                     }
                     // The connection was lost and is re-established on the

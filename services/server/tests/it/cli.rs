@@ -738,3 +738,39 @@ fn check_reports_issuer_problems_with_file_and_line_and_warns_about_pass_through
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(err.contains("binding `issued`: needs issuer mode"), "{err}");
 }
+
+#[test]
+fn check_refuses_a_remote_store_that_does_not_verify_its_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let base = "[google]\naudiences = [\"a\"]\n\n[aws]\nregion = \"us-east-1\"\n\n[store]\n";
+    let check = |store: &str| {
+        std::fs::write(&config, format!("{base}{store}")).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check("url = \"postgres://tb:s3cret@db.internal:5432/tb?sslmode=require\"\n");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains(":8: store.url: host `db.internal` is not loopback"),
+        "{err}"
+    );
+    assert!(!err.contains("s3cret"), "a password was echoed: {err}");
+    for ok in [
+        "url = \"postgres://tb@db.internal/tb?sslmode=verify-full\"\n",
+        "url = \"postgres://tb@127.0.0.1:5432/tb\"\n",
+        "url = \"postgres://tb@localhost/tb\"\n",
+        "url = \"postgres://tb@/tb?host=/var/run/postgresql\"\n",
+        "url = \"postgres://tb@db.internal/tb\"\nallow_unverified_tls = true\n",
+    ] {
+        let (code, err) = check(ok);
+        assert_eq!(code, Some(0), "{ok}: {err}");
+    }
+}
