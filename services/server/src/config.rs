@@ -1237,7 +1237,7 @@ file = "policy.toml"
         assert_eq!(admin.principals.len(), 2);
 
         let pg = format!(
-            "{}\n[store]\nurl = \"postgres://tb:hunter2@db/tb\"\nschema = \"tokenbridge\"\n",
+            "{}\n[store]\nurl = \"postgres://tb:hunter2@db/tb?sslmode=verify-full\"\nschema = \"tokenbridge\"\n",
             without_policy()
         );
         let c = Config::from_toml_str(&pg, Path::new("/etc/tb/config.toml")).unwrap();

@@ -32,7 +32,7 @@ use tracing::{error, warn};
 
 use tokenbridge_policy::{
     Binding, Caller, PolicySnapshot, Violation,
-    rules::{check_role_arn, classify_service_account},
+    rules::{ServiceAccountRef, check_role_arn, classify_service_account},
     validate_set, wire,
 };
 
@@ -574,7 +574,7 @@ impl PolicyAdmin for PolicyAdminService {
             |r| r.service_account.clone(),
             |actor, req| async move {
                 let store = self.store()?;
-                check_service_account(&req.service_account)?;
+                check_deniable(&req.service_account)?;
                 store
                     .deny(&actor, &req.service_account, &req.reason)
                     .await
@@ -725,6 +725,26 @@ fn required_binding(binding: Option<pb::Binding>) -> Result<Binding, Status> {
     binding
         .map(Binding::from)
         .ok_or_else(|| field_status("", "binding", "required"))
+}
+
+/// The deny list takes unique IDs only: an email entry would miss every
+/// token without an `email` claim (the metadata server's default format,
+/// GKE Workload Identity, Cloud Run), which bindings still match by `sub`.
+/// Email entries made before this rule still match emails and can be
+/// allowed (removed).
+fn check_deniable(sa: &str) -> Result<(), Status> {
+    check_service_account(sa)?;
+    if classify_service_account(sa) == Some(ServiceAccountRef::Email) {
+        return Err(field_status(
+            "",
+            "service_account",
+            "deny the service account's unique ID, not its email: ID tokens without format=full \
+             (the metadata server's default, GKE Workload Identity, Cloud Run) carry no email, so \
+             an email entry would not stop them; find the ID with \
+             gcloud iam service-accounts describe EMAIL --format='value(uniqueId)'",
+        ));
+    }
+    Ok(())
 }
 
 fn check_service_account(sa: &str) -> Result<(), Status> {

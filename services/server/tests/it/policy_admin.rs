@@ -559,8 +559,8 @@ async fn the_deny_list_beats_a_warm_cache_and_is_audited() {
     let second = a.exchange(&caller(), ROLE_A).await.unwrap();
     assert_eq!(first.access_key_id, second.access_key_id);
 
-    // Deny by email: every binding ignores the account on the next request.
-    let denied = a
+    // Deny by email is refused: it would miss tokens without an email.
+    let by_email = a
         .client
         .clone()
         .deny_service_account(a.req(pb::DenyServiceAccountRequest {
@@ -568,10 +568,47 @@ async fn the_deny_list_beats_a_warm_cache_and_is_audited() {
             reason: "compromised VM".into(),
         }))
         .await
+        .unwrap_err();
+    assert_eq!(by_email.code(), Code::InvalidArgument);
+    assert!(
+        by_email.message().contains("unique ID, not its email"),
+        "{}",
+        by_email.message()
+    );
+
+    // Deny by unique ID: every binding ignores the account on the next
+    // request, whether or not its token carries an email.
+    let denied = a
+        .client
+        .clone()
+        .deny_service_account(a.req(pb::DenyServiceAccountRequest {
+            service_account: caller().unique_id,
+            reason: "compromised VM".into(),
+        }))
+        .await
         .unwrap()
         .into_inner();
     assert_eq!(denied.actor, admin_sa().email);
     let refused = a.exchange(&caller(), ROLE_A).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::PermissionDenied,
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("deny list"),
+        "{}",
+        refused.message()
+    );
+
+    // A token without an email (the metadata server's default format) is
+    // stopped too: the entry is the unique ID every token carries.
+    let mut claims = a.env.issuer.claims(&caller(), AUDIENCE, false);
+    claims.remove("email");
+    claims.remove("email_verified");
+    let no_email = a.env.issuer.sign(&claims);
+    let refused = a.env.call(&no_email, ROLE_A, 0).await.unwrap_err();
     assert_eq!(
         refused.code(),
         Code::PermissionDenied,
@@ -612,7 +649,7 @@ async fn the_deny_list_beats_a_warm_cache_and_is_audited() {
     a.client
         .clone()
         .allow_service_account(a.req(pb::AllowServiceAccountRequest {
-            service_account: caller().email,
+            service_account: caller().unique_id,
         }))
         .await
         .unwrap();
@@ -621,7 +658,7 @@ async fn the_deny_list_beats_a_warm_cache_and_is_audited() {
         .client
         .clone()
         .list_audit(a.req(pb::ListAuditRequest {
-            target: caller().email,
+            target: caller().unique_id,
             ..Default::default()
         }))
         .await
