@@ -32,7 +32,9 @@ pub use binding::{Binding, Conditions, FieldError, SessionScope, Violation, vali
 pub use caller::{Caller, ComputeEngine};
 pub use diag::Problem;
 pub use session::{ExpandedSession, SessionError, SessionIdentity};
-pub use snapshot::{Decision, Evaluation, Explanation, Outcome, PolicySnapshot, Refusal};
+pub use snapshot::{
+    Decision, DurationRefusal, Evaluation, Explanation, Grant, Outcome, PolicySnapshot, Refusal,
+};
 
 #[cfg(test)]
 mod tests;

@@ -34,6 +34,11 @@ pub struct Decision {
     pub bindings: BTreeSet<String>,
     /// What STS gets as session policies.
     pub scope: SessionScope,
+    /// Every grant the matching bindings make, least scoped first; `scope`,
+    /// `bindings` and `default_duration_seconds` above are the first's,
+    /// `max_duration_seconds` the largest of all (for messages). A request
+    /// for a duration takes [`Decision::for_duration`].
+    pub grants: Vec<Grant>,
     /// Issuer mode, session tags and source identity: the same for every
     /// matching binding (bindings that differ refuse with
     /// [`Refusal::ConflictingScopes`]).
@@ -41,6 +46,79 @@ pub struct Decision {
     /// The binding `{binding}` names in session templates: the first
     /// matching one by name.
     pub session_binding: String,
+}
+
+/// One whole grant: a session scope and the durations the bindings that
+/// give it allow (bindings with the same scope share one grant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// What STS gets as session policies.
+    pub scope: SessionScope,
+    /// The largest maximum among its bindings.
+    pub max_duration_seconds: u32,
+    /// The largest default among them.
+    pub default_duration_seconds: u32,
+    /// Its bindings.
+    pub bindings: BTreeSet<String>,
+}
+
+impl Decision {
+    /// The least-scoped grant that allows `requested` seconds. Scope and
+    /// duration always come from one grant: a duration only a scoped grant
+    /// allows gets that grant's session policy. Errors: no grant allows it
+    /// ([`DurationRefusal::TooLong`]), or several differently scoped grants
+    /// do and none is unscoped ([`DurationRefusal::Conflicting`]).
+    pub fn for_duration(&self, requested: u32) -> Result<&Grant, DurationRefusal> {
+        let mut allowing = self
+            .grants
+            .iter()
+            .filter(|g| requested <= g.max_duration_seconds);
+        let Some(first) = allowing.next() else {
+            return Err(DurationRefusal::TooLong {
+                max: self.max_duration_seconds,
+            });
+        };
+        if first.scope.is_unscoped() {
+            return Ok(first);
+        }
+        let others: Vec<&Grant> = allowing.collect();
+        if others.is_empty() {
+            Ok(first)
+        } else {
+            Err(DurationRefusal::Conflicting {
+                bindings: std::iter::once(first)
+                    .chain(others)
+                    .flat_map(|g| g.bindings.iter().cloned())
+                    .collect(),
+            })
+        }
+    }
+
+    /// This decision narrowed to `grant` (for the audit record and STS).
+    pub fn with_grant(&self, grant: &Grant) -> Decision {
+        Decision {
+            scope: grant.scope.clone(),
+            bindings: grant.bindings.clone(),
+            max_duration_seconds: grant.max_duration_seconds,
+            default_duration_seconds: grant.default_duration_seconds,
+            ..self.clone()
+        }
+    }
+}
+
+/// Why a decision allows no grant for a requested duration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DurationRefusal {
+    /// Above every grant's maximum (the largest given).
+    TooLong {
+        /// The largest maximum.
+        max: u32,
+    },
+    /// Several differently scoped grants allow it and none is unscoped.
+    Conflicting {
+        /// Their bindings.
+        bindings: BTreeSet<String>,
+    },
 }
 
 /// Why the caller gets nothing. Each maps to PERMISSION_DENIED, except
@@ -453,25 +531,36 @@ fn finish(caller: &Caller, role_arn: &str, granting: &[&Compiled]) -> Result<Dec
             bindings: granting.iter().map(|c| c.binding.name.clone()).collect(),
         });
     }
-    let scopes: BTreeSet<_> = matching
-        .iter()
-        .map(|c| {
-            (
-                c.binding.session_policy.clone(),
-                c.binding.managed_policy_arns.clone(),
-            )
-        })
-        .collect();
-    let scope = if matching.iter().any(|c| c.binding.scope().is_unscoped()) {
-        // The union of an unscoped grant and anything is the whole role.
-        SessionScope::default()
-    } else if scopes.len() == 1 {
-        matching[0].binding.scope()
-    } else {
+    // Each binding grants a whole (scope, maximum duration): bindings with
+    // the same scope form one grant (the union: the largest maximum); grants
+    // are never mixed. Least scoped first: an unscoped grant, then the rest.
+    let mut by_scope: BTreeMap<(Option<String>, Vec<String>), Grant> = BTreeMap::new();
+    for c in &matching {
+        let b = &c.binding;
+        let grant = by_scope
+            .entry((b.session_policy.clone(), b.managed_policy_arns.clone()))
+            .or_insert_with(|| Grant {
+                scope: b.scope(),
+                max_duration_seconds: 0,
+                default_duration_seconds: 0,
+                bindings: BTreeSet::new(),
+            });
+        grant.max_duration_seconds = grant.max_duration_seconds.max(b.effective_max_duration());
+        grant.default_duration_seconds = grant
+            .default_duration_seconds
+            .max(b.effective_default_duration());
+        grant.bindings.insert(b.name.clone());
+    }
+    let mut grants: Vec<Grant> = by_scope.into_values().collect();
+    grants.sort_by_key(|g| !g.scope.is_unscoped());
+    // Scoped grants that differ cannot be ranked (STS takes one session
+    // policy): with no unscoped grant among them, refuse.
+    if grants.len() > 1 && !grants[0].scope.is_unscoped() {
         return Err(Refusal::ConflictingScopes {
             bindings: matching.iter().map(|c| c.binding.name.clone()).collect(),
         });
-    };
+    }
+    let first = grants[0].clone();
     // Issuer mode and what the signed token carries are not merged: the
     // matching bindings must agree, or the call is refused.
     let sessions: BTreeSet<SessionIdentity> = matching
@@ -492,18 +581,15 @@ fn finish(caller: &Caller, role_arn: &str, granting: &[&Compiled]) -> Result<Dec
         .to_owned();
     Ok(Decision {
         role_arn: role_arn.to_string(),
-        max_duration_seconds: matching
+        max_duration_seconds: grants
             .iter()
-            .map(|c| c.binding.effective_max_duration())
+            .map(|g| g.max_duration_seconds)
             .max()
             .unwrap_or(DEFAULT_MAX_DURATION_SECONDS),
-        default_duration_seconds: matching
-            .iter()
-            .map(|c| c.binding.effective_default_duration())
-            .max()
-            .unwrap_or(DEFAULT_MAX_DURATION_SECONDS),
-        bindings: matching.iter().map(|c| c.binding.name.clone()).collect(),
-        scope,
+        default_duration_seconds: first.default_duration_seconds,
+        bindings: first.bindings,
+        scope: first.scope,
+        grants,
         session,
         session_binding,
     })

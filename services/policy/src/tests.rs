@@ -617,9 +617,18 @@ fn the_index_keeps_grants_and_durations() {
     };
     let allowed = policy.decide(&who, ROLE_A).unwrap();
     assert_eq!(allowed.max_duration_seconds, 7200);
+    // Two whole grants, least scoped first: `plain` (unscoped, 3600 s) and
+    // the scoped `team-a.etl_1` (7200 s); the default is the first's.
+    assert_eq!(allowed.bindings, BTreeSet::from(["plain".to_string()]));
+    assert_eq!(allowed.grants.len(), 2);
+    assert!(allowed.scope.is_unscoped());
+    let long = allowed.for_duration(7200).unwrap();
+    assert_eq!(long.bindings, BTreeSet::from(["team-a.etl_1".to_string()]));
+    assert!(!long.scope.is_unscoped());
+    assert!(allowed.for_duration(3600).unwrap().scope.is_unscoped());
     assert_eq!(
-        allowed.bindings,
-        BTreeSet::from(["plain".to_string(), "team-a.etl_1".to_string()])
+        allowed.for_duration(7201),
+        Err(DurationRefusal::TooLong { max: 7200 })
     );
     // Through the email as well as the unique ID: each binding counts once.
     let both = Caller {

@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tracing::{debug, debug_span, field::Empty, instrument};
 
 use tokenbridge_policy::{
-    Caller, Decision, ExpandedSession, PolicySnapshot, Refusal,
+    Caller, Decision, DurationRefusal, ExpandedSession, PolicySnapshot, Refusal,
     rules::{self, MAX_DURATION_SECONDS, MIN_DURATION_SECONDS},
 };
 
@@ -209,19 +209,35 @@ impl Exchange {
         };
         let decision = decision.map_err(|refusal| refused(refusal, &caller, &req.role_arn))?;
         tracing::Span::current().record("role_arn", decision.role_arn.as_str());
-        let decision = &*facts.decision.insert(decision);
         facts.role_arn = Some(decision.role_arn.clone());
 
-        let duration = match requested {
-            0 => decision.default_duration_seconds,
-            d if d > decision.max_duration_seconds => {
-                return Err(Error::InvalidArgument(format!(
-                    "duration_seconds {d} is above the maximum of {} seconds that the policy allows for role {}",
-                    decision.max_duration_seconds, decision.role_arn
-                )));
+        // One whole grant: the least scoped that allows the duration; scope
+        // and duration never come from different bindings.
+        let (decision, duration) = match requested {
+            0 => {
+                let d = decision.default_duration_seconds;
+                (decision, d)
             }
-            d => d,
+            d => match decision.for_duration(d) {
+                Ok(grant) => (decision.with_grant(grant), d),
+                Err(DurationRefusal::TooLong { max }) => {
+                    let role = decision.role_arn.clone();
+                    facts.decision = Some(decision);
+                    return Err(Error::InvalidArgument(format!(
+                        "duration_seconds {d} is above the maximum of {max} seconds that the policy allows for role {role}"
+                    )));
+                }
+                Err(DurationRefusal::Conflicting { bindings }) => {
+                    facts.decision = Some(decision);
+                    return Err(refused(
+                        Refusal::ConflictingScopes { bindings },
+                        &caller,
+                        &req.role_arn,
+                    ));
+                }
+            },
         };
+        let decision = &*facts.decision.insert(decision);
 
         facts.duration_seconds = Some(duration);
         let role_session_name = session_name(&claims.sub);

@@ -230,3 +230,75 @@ max_duration_seconds = 43200
         .unwrap();
     assert_eq!(sts.last_form().unwrap()["DurationSeconds"], "43200");
 }
+
+/// Binding A scopes the role and allows 12 h, binding B does not scope it
+/// and allows 1 h: a request gets one whole grant, never A's duration with
+/// B's missing scope (the contract, "Several bindings for one service
+/// account and role").
+#[tokio::test]
+async fn two_bindings_for_one_role_never_grant_more_than_either() {
+    let moto = tokenbridge_testing::Moto::shared().await;
+    let sts = tokenbridge_testing::StrictSts::start(moto.endpoint()).await;
+    let jwks = {
+        let issuer = tokenbridge_testing::Issuer::new();
+        let jwks = tokenbridge_testing::JwksServer::start(issuer.clone(), 3600).await;
+        (issuer, jwks)
+    };
+    sts.trust_provider(tokenbridge_testing::Provider::google(jwks.1.uri()));
+    let sa = workload();
+    sts.set_trust_policy(
+        ROLE_A,
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Federated": "accounts.google.com"},
+            "Action": "sts:AssumeRoleWithWebIdentity",
+            "Condition": {"StringEquals": {"accounts.google.com:sub": sa.unique_id}}}]}),
+    );
+    let policy = format!(
+        r#"
+[[binding]]
+name = "scoped-long"
+service_accounts = ["{id}"]
+role_arns = ["{ROLE_A}"]
+max_duration_seconds = 43200
+session_policy = '{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}}]}}'
+
+[[binding]]
+name = "whole-short"
+service_accounts = ["{id}"]
+role_arns = ["{ROLE_A}"]
+max_duration_seconds = 3600
+"#,
+        id = sa.unique_id
+    );
+    let env = Env::start_on(
+        jwks.0,
+        jwks.1,
+        Options {
+            sts_endpoint: Some(sts.endpoint()),
+            policy,
+            ..Options::default()
+        },
+    )
+    .await;
+    let token = env.token(&sa);
+
+    // Within the unscoped grant: the whole role, no session policy.
+    env.call(&token, ROLE_A, 3600).await.unwrap();
+    let seen = sts.requests().pop().unwrap();
+    assert!(seen.allowed, "{seen:?}");
+    assert!(!seen.form.contains_key("Policy"), "{seen:?}");
+
+    // Longer than the unscoped grant allows: only the scoped grant, with
+    // its session policy (before: 12 h with no session policy at all).
+    env.call(&token, ROLE_A, 43200).await.unwrap();
+    let seen = sts.requests().pop().unwrap();
+    assert_eq!(seen.form["DurationSeconds"], "43200");
+    assert!(seen.form["Policy"].contains("s3:GetObject"), "{seen:?}");
+
+    // The default is the least-scoped grant's (3600 s, unscoped): the very
+    // credentials of the first call, from the cache, without STS.
+    let first = env.call(&token, ROLE_A, 3600).await.unwrap();
+    let by_default = env.call(&token, ROLE_A, 0).await.unwrap();
+    assert_eq!(by_default.access_key_id, first.access_key_id);
+    assert_eq!(sts.requests().len(), 2);
+}
