@@ -21,7 +21,7 @@ For SDKs or containers that use the container credentials provider instead:
       --audience https://tokenbridge.example.com \\
       --role-arn arn:aws:iam::111122223333:role/RoleForAccessFromGCPTeamA --listen 127.0.0.1:9911
   AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9911/credentials
-  AWS_CONTAINER_AUTHORIZATION_TOKEN=…
+  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=/tmp/tokenbridge-cred-…/token
 
   and give the workload those two environment variables.
 
@@ -182,9 +182,8 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
-    /// The value clients must send in `Authorization` (the workload's
-    /// AWS_CONTAINER_AUTHORIZATION_TOKEN); default: 32 random bytes, printed
-    /// at start.
+    /// The value clients must send in `Authorization`; default: 32 random
+    /// bytes. Never printed: it is written to --token-file.
     #[arg(
         long,
         env = "TOKENBRIDGE_AUTHORIZATION_TOKEN",
@@ -192,6 +191,12 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub authorization_token: Option<String>,
+
+    /// Where to write the authorization token (mode 0600, replaced if it
+    /// exists), for the SDKs' AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE;
+    /// default: a new private directory (0700) under the temporary directory.
+    #[arg(long, env = "TOKENBRIDGE_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! `tokenbridge-cred serve`: a container credentials endpoint on loopback,
 //! in the format of the ECS/EKS provider of the AWS SDKs
-//! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN`).
+//! (`AWS_CONTAINER_CREDENTIALS_FULL_URI` + `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`;
+//! the token is written to a 0600 file, never printed).
 //!
 //! - `GET /credentials` with `Authorization: <token>` answers
 //!   `{"AccessKeyId","SecretAccessKey","Token","Expiration","AccountId","RoleArn"}`;
@@ -103,7 +104,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
         role_arn = role_arn.as_deref().unwrap_or("(the only bound role)"),
         "serving container credentials"
     );
-    print_env(addr, &token)?;
+    let token_file = write_token_file(args.token_file.as_deref(), &token)?;
+    print_env(addr, &token_file)?;
 
     let state = Arc::new(Endpoint {
         token_digest: Sha256::digest(token.expose().as_bytes()).into(),
@@ -123,11 +125,66 @@ pub async fn run(args: ServeArgs) -> Result<(), Failure> {
     })
 }
 
-fn print_env(addr: SocketAddr, token: &Secret<String>) -> Result<(), Failure> {
+/// Writes the token to `path` (or a new private directory's `token`),
+/// readable by this user only. stdout is collected into logs by container
+/// runtimes, so the token never goes there.
+fn write_token_file(
+    path: Option<&std::path::Path>,
+    token: &Secret<String>,
+) -> Result<std::path::PathBuf, Failure> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let failed = |what: String| Failure {
+        message: what,
+        exit: crate::fetch::EXIT_FAILED,
+    };
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let mut suffix = [0u8; 8];
+            rand::RngCore::fill_bytes(&mut rand::rng(), &mut suffix);
+            let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+            let dir = std::env::temp_dir().join(format!("tokenbridge-cred-{name}"));
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|e| failed(format!("cannot create {}: {e}", dir.display())))?;
+            dir.join("token")
+        }
+    };
+    // A fresh file (an old one, or a link planted there, is removed first),
+    // created 0600 before anything is written.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failed(format!("cannot replace {}: {e}", path.display()))),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| {
+            failed(format!(
+                "cannot write the token file {}: {e}",
+                path.display()
+            ))
+        })?;
+    file.write_all(token.expose().as_bytes())
+        .and_then(|()| file.flush())
+        .map_err(|e| {
+            failed(format!(
+                "cannot write the token file {}: {e}",
+                path.display()
+            ))
+        })?;
+    Ok(path)
+}
+
+fn print_env(addr: SocketAddr, token_file: &std::path::Path) -> Result<(), Failure> {
     let text = format!(
         "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://{addr}{PATH}\n\
-         AWS_CONTAINER_AUTHORIZATION_TOKEN={}\n",
-        token.expose()
+         AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={}\n",
+        token_file.display()
     );
     let mut stdout = std::io::stdout().lock();
     stdout

@@ -122,12 +122,24 @@ async fn boto3_through_serve_container_credentials() {
         .strip_prefix("AWS_CONTAINER_CREDENTIALS_FULL_URI=")
         .expect("AWS_CONTAINER_CREDENTIALS_FULL_URI=…")
         .to_owned();
-    let token = token_line
-        .strip_prefix("AWS_CONTAINER_AUTHORIZATION_TOKEN=")
-        .expect("AWS_CONTAINER_AUTHORIZATION_TOKEN=…")
+    let token_file = token_line
+        .strip_prefix("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=")
+        .expect("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=…")
         .to_owned();
     assert!(uri.starts_with("http://127.0.0.1:"), "{uri}");
+    // The token is in a file only this user can read, never on stdout
+    // (container runtimes collect stdout into logs).
+    let token = std::fs::read_to_string(&token_file).unwrap();
     assert!(token.len() >= 32, "a generated token of 32 random bytes");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{token_file}: {mode:o}");
+        let dir = std::path::Path::new(&token_file).parent().unwrap();
+        let dir_mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        assert_eq!(dir_mode & 0o077, 0, "{}: {dir_mode:o}", dir.display());
+    }
+    assert!(!uri_line.contains(&token) && !token_line.contains(&token));
 
     // The endpoint wants exactly that Authorization value.
     let http = reqwest::Client::new();
@@ -167,7 +179,7 @@ print(json.dumps({"method": session.get_credentials().method, "arn": arn, "n": l
     let mut python = aws_client(&venv_bin("python"), home.path(), &config, &stack.moto);
     python
         .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", &uri)
-        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN", &token)
+        .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token_file)
         .args(["-c", script]);
     let out = output(&mut python).await;
     assert!(

@@ -74,8 +74,10 @@ async fn trace_logs_of_serve_hold_no_secrets() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let uri = lines.next_line().await.unwrap().unwrap();
     let uri = uri.split_once('=').unwrap().1.to_owned();
-    let token = lines.next_line().await.unwrap().unwrap();
-    let token = token.split_once('=').unwrap().1.to_owned();
+    let token_line = lines.next_line().await.unwrap().unwrap();
+    let token_file = token_line.split_once('=').unwrap().1.to_owned();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(!token_line.contains(&token), "the token was printed");
 
     let http = reqwest::Client::new();
     let body: serde_json::Value = http
