@@ -157,7 +157,9 @@ impl From<Credentials> for aws_credential_types::Credentials {
 /// Cheap to clone: clones share one HTTP/2 connection, which is made on first
 /// use and remade after it breaks. Calls that fail with `UNAVAILABLE` or
 /// cannot connect are retried with exponential backoff and jitter (see
-/// [`RetryPolicy`]); nothing else is retried.
+/// [`RetryPolicy`]), and so are refusals the server marks retryable with a
+/// `google.rpc.RetryInfo` (rate and concurrency limits), after at least the
+/// delay it asks for; nothing else is retried.
 ///
 /// ```no_run
 /// # async fn example() -> Result<(), tokenbridge_client::Error> {
@@ -236,9 +238,13 @@ impl Client {
                     .map_err(|status| self.classify(&status))
             }
         };
+        // Retried: UNAVAILABLE and connection failures, and whatever the
+        // server marks retryable with RetryInfo (a rate or concurrency
+        // limit), waiting at least the delay it asks for. Nothing else.
         let response = attempt
             .retry(self.retry.backoff())
-            .when(Error::is_unavailable)
+            .when(|e| e.is_unavailable() || e.server_retry_after().is_some())
+            .adjust(|e, next| next.map(|wait| wait.max(e.server_retry_after().unwrap_or_default())))
             .notify(|error, wait| {
                 debug!(error = %error, wait_ms = wait.as_millis() as u64, "retrying GetCredentials");
             })
@@ -255,6 +261,7 @@ impl Client {
             return Error::Refused {
                 code: status.code(),
                 message: one_line(status.message()),
+                retry_after: tokenbridge_proto::status::retry_after(status),
             };
         };
         if status.code() == Code::Cancelled && status.message().contains("Timeout expired") {

@@ -19,6 +19,7 @@ use tonic::Code;
 /// let refused = Error::Refused {
 ///     code: tonic::Code::PermissionDenied,
 ///     message: "no binding grants role R to service account S".into(),
+///     retry_after: None,
 /// };
 /// assert_eq!(
 ///     refused.to_string(),
@@ -110,17 +111,22 @@ pub enum Error {
     /// tokenbridge refused the request, with a gRPC status code and its
     /// message (see the contract's status table).
     ///
-    /// Whether retrying helps depends on the code: `UNAVAILABLE` (STS or
-    /// Google's keys unreachable) and `RESOURCE_EXHAUSTED` (rate limit) are
-    /// worth retrying later; `UNAUTHENTICATED` may pass with a fresh ID token;
-    /// `PERMISSION_DENIED` and `INVALID_ARGUMENT` need a policy or request
-    /// change.
+    /// Whether retrying helps is the server's to say: a `google.rpc.RetryInfo`
+    /// detail (`retry_after`) marks what a later retry can cure (STS or
+    /// Google's keys unreachable, a rate or concurrency limit) and says when;
+    /// `UNAVAILABLE` without one (a proxy, a restart) is retried too.
+    /// `RESOURCE_EXHAUSTED` without one (an oversized request) is not:
+    /// the request must change. `UNAUTHENTICATED` may pass with a fresh ID
+    /// token; `PERMISSION_DENIED` and `INVALID_ARGUMENT` need a policy or
+    /// request change.
     #[error("tokenbridge refused the request: {}: {message}", code_name(*code))]
     Refused {
         /// The gRPC status code.
         code: Code,
         /// The status message (tokenbridge never echoes a token in it).
         message: String,
+        /// The server's `RetryInfo` delay, if it sent one.
+        retry_after: Option<Duration>,
     },
 
     /// tokenbridge answered, but the answer lacks something required (an
@@ -148,7 +154,21 @@ impl Error {
                 true
             }
             Error::MetadataRefused { status, .. } => *status == 429 || *status >= 500,
-            Error::Refused { code, .. } => status::retry_may_help(*code),
+            Error::Refused {
+                code, retry_after, ..
+            } => {
+                retry_after.is_some()
+                    || *code == Code::Unavailable
+                    || (*code != Code::ResourceExhausted && status::retry_may_help(*code))
+            }
+        }
+    }
+
+    /// The delay the server's `RetryInfo` asked for, if it sent one.
+    pub fn server_retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Refused { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -206,13 +226,32 @@ mod tests {
         let unavailable = Error::Refused {
             code: Code::Unavailable,
             message: "STS unreachable".into(),
+            retry_after: None,
         };
         assert!(unavailable.is_unavailable() && unavailable.retry_may_help());
         let denied = Error::Refused {
             code: Code::PermissionDenied,
             message: "no".into(),
+            retry_after: None,
         };
         assert!(!denied.is_unavailable() && !denied.retry_may_help());
+        // RESOURCE_EXHAUSTED: retryable only when the server says when.
+        let too_large = Error::Refused {
+            code: Code::ResourceExhausted,
+            message: "request message is larger than the 4096-byte limit".into(),
+            retry_after: None,
+        };
+        assert!(!too_large.retry_may_help());
+        let limited = Error::Refused {
+            code: Code::ResourceExhausted,
+            message: "rate limit exceeded".into(),
+            retry_after: Some(Duration::from_millis(250)),
+        };
+        assert!(limited.retry_may_help());
+        assert_eq!(
+            limited.server_retry_after(),
+            Some(Duration::from_millis(250))
+        );
         let not_found = Error::MetadataRefused {
             host: "h".into(),
             status: 404,

@@ -51,6 +51,11 @@ struct Stack {
 }
 
 async fn stack() -> Stack {
+    stack_with("").await
+}
+
+/// The stack with `extra` appended to the server's config.
+async fn stack_with(extra: &str) -> Stack {
     let moto = Moto::shared().await.endpoint();
     let issuer = Issuer::new();
     let jwks = JwksServer::start(issuer.clone(), 3600).await;
@@ -59,7 +64,7 @@ async fn stack() -> Stack {
         "[server]\nlisten = \"127.0.0.1:0\"\n[google]\naudiences = [\"{AUDIENCE}\"]\n\
          jwks_uri = \"{}\"\n[aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{moto}\"\n\
          [policy]\nfile = \"policy.toml\"\n\
-         [admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nsink = \"file\"\npath = \"/dev/null\"\n",
+         [admin]\nlisten = \"127.0.0.1:0\"\n[audit]\nsink = \"file\"\npath = \"/dev/null\"\n{extra}",
         jwks.uri()
     );
     let policy = format!(
@@ -156,7 +161,7 @@ async fn refusals_carry_the_status_code_and_message() {
         .get_credentials(&token, &CredentialsRequest::role(unbound))
         .await
         .unwrap_err();
-    let Error::Refused { code, message } = &error else {
+    let Error::Refused { code, message, .. } = &error else {
         panic!("a refusal expected, got {error:?}")
     };
     assert_eq!(*code, Code::PermissionDenied);
@@ -219,7 +224,7 @@ async fn unavailable_is_retried_a_bounded_number_of_times() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&error, Error::Refused { code: Code::Unavailable, message } if message == "STS is down"),
+        matches!(&error, Error::Refused { code: Code::Unavailable, message, .. } if message == "STS is down"),
         "{error:?}"
     );
     assert_eq!(fake.calls().len(), 3, "one attempt and two retries");
@@ -429,4 +434,48 @@ async fn the_provider_reports_errors_to_the_sdk() {
     )
     .unwrap_err();
     assert!(matches!(bad, Error::Config { .. }), "{bad:?}");
+}
+
+/// The server's RetryInfo decides: a rate-limited call is retried after the
+/// delay the server asks for (longer than this client's own backoff) and
+/// succeeds; an oversized request's RESOURCE_EXHAUSTED carries none and is
+/// not worth retrying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_follows_the_servers_retry_info() {
+    let stack =
+        stack_with("[limits]\nper_subject_requests_per_second = 5\nper_subject_burst = 1\n").await;
+    let client = Client::new(&fast_retries(Config::new(&stack.endpoint))).unwrap();
+    let token = tokens(&stack.metadata).id_token().await.unwrap();
+    client
+        .get_credentials(&token, &CredentialsRequest::role(ROLE))
+        .await
+        .unwrap();
+    // The burst is spent: the server answers RESOURCE_EXHAUSTED with
+    // RetryInfo (~200 ms), beyond the client's 10 ms backoff; the client
+    // waits as asked and the retry is served.
+    client
+        .get_credentials(&token, &CredentialsRequest::role(ROLE))
+        .await
+        .expect("retried after the server's RetryInfo delay");
+
+    let oversized = format!("arn:aws:iam::123456789012:role/{}", "a".repeat(5000));
+    let error = client
+        .get_credentials(&token, &CredentialsRequest::role(&oversized))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::Refused {
+                code: Code::ResourceExhausted,
+                retry_after: None,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(
+        !error.retry_may_help(),
+        "an oversized request is not retryable"
+    );
 }
