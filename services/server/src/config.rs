@@ -203,6 +203,8 @@ struct RawCache {
     max_entries: Option<Spanned<i64>>,
     margin_seconds: Option<Spanned<i64>>,
     refresh_window_seconds: Option<Spanned<i64>>,
+    sts_calls_per_identity_per_minute: Option<Spanned<i64>>,
+    sts_burst_per_identity: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,7 +408,35 @@ impl Config {
 
         let c = &raw.cache;
         let defaults = CacheConfig::default();
+        let count =
+            |problems: &mut Problems<'_>, key: &str, v: &Option<Spanned<i64>>, d: u32, min: u64| {
+                u32::try_from(number(
+                    problems,
+                    key,
+                    v,
+                    u64::from(d),
+                    min..=100_000,
+                    "calls",
+                ))
+                .unwrap_or(d)
+            };
+        let sts_calls_per_minute = count(
+            &mut problems,
+            "cache.sts_calls_per_identity_per_minute",
+            &c.sts_calls_per_identity_per_minute,
+            defaults.sts_calls_per_minute,
+            0,
+        );
+        let sts_burst = count(
+            &mut problems,
+            "cache.sts_burst_per_identity",
+            &c.sts_burst_per_identity,
+            defaults.sts_burst,
+            1,
+        );
         let cache = CacheConfig {
+            sts_calls_per_minute,
+            sts_burst,
             enabled: c.enabled.unwrap_or(defaults.enabled),
             max_entries: number(
                 &mut problems,

@@ -105,6 +105,7 @@ impl Error {
         match self {
             Error::Token(VerifyError::KeysUnavailable) => Some(RETRY_UPSTREAM),
             Error::Sts(StsError::Throttled(_)) => Some(RETRY_THROTTLED),
+            Error::Sts(StsError::Budget(wait)) => Some(*wait),
             Error::Sts(StsError::Unavailable(_) | StsError::IdpCommunication(_)) => {
                 Some(RETRY_UPSTREAM)
             }
@@ -134,6 +135,7 @@ impl Error {
             Error::PermissionDenied(_) => "permission_denied",
             Error::Sts(e) => match e {
                 StsError::Throttled(_) => "sts_throttled",
+                StsError::Budget(_) => "sts_budget",
                 StsError::Unavailable(_) | StsError::IdpCommunication(_) => "sts_unavailable",
                 StsError::InvalidIdentityToken(_)
                 | StsError::ExpiredToken(_)

@@ -30,6 +30,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::num::NonZeroU32;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use moka::{Expiry, future::Cache, ops::compute::Op};
 use rand::Rng as _;
 use tracing::{debug, warn};
@@ -69,6 +72,11 @@ pub struct CacheConfig {
     pub margin: Duration,
     /// Refresh in the background this long before the margin (jittered).
     pub refresh_window: Duration,
+    /// STS calls one identity may cause per minute for one role (misses;
+    /// background refreshes are not counted); 0: no budget.
+    pub sts_calls_per_minute: u32,
+    /// How many of them at once.
+    pub sts_burst: u32,
 }
 
 impl Default for CacheConfig {
@@ -78,6 +86,8 @@ impl Default for CacheConfig {
             max_entries: 100_000,
             margin: Duration::from_secs(20 * 60),
             refresh_window: Duration::from_secs(10 * 60),
+            sts_calls_per_minute: 30,
+            sts_burst: 10,
         }
     }
 }
@@ -101,6 +111,9 @@ pub struct CacheKey {
 
 struct Entry {
     credentials: Credentials,
+    /// Never handed out with less life left than this: the configured
+    /// margin, or a third of the lifetime for durations too short for it.
+    margin: Duration,
     /// When to start a background refresh (Unix milliseconds); pushed back
     /// by [`REFRESH_RETRY`] after a failed one.
     refresh_at: AtomicU64,
@@ -115,13 +128,11 @@ fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-struct UntilMargin {
-    margin: Duration,
-}
+struct UntilMargin;
 
 impl UntilMargin {
     fn left(&self, entry: &Entry) -> Option<Duration> {
-        let usable_until = entry.credentials.expiration.checked_sub(self.margin)?;
+        let usable_until = entry.credentials.expiration.checked_sub(entry.margin)?;
         Some(
             usable_until
                 .duration_since(SystemTime::now())
@@ -155,6 +166,7 @@ impl Expiry<CacheKey, Arc<Entry>> for UntilMargin {
 pub struct CredentialCache {
     entries: Cache<CacheKey, Arc<Entry>>,
     sts: Arc<dyn AssumeRole>,
+    budget: Option<DefaultKeyedRateLimiter<(String, String)>>,
     config: CacheConfig,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -165,13 +177,18 @@ impl CredentialCache {
     pub fn new(sts: Arc<dyn AssumeRole>, config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
         let entries = Cache::builder()
             .max_capacity(config.max_entries)
-            .expire_after(UntilMargin {
-                margin: config.margin,
-            })
+            .expire_after(UntilMargin)
             .build();
+        let budget = (config.sts_calls_per_minute > 0).then(|| {
+            let per_minute =
+                NonZeroU32::new(config.sts_calls_per_minute).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(config.sts_burst).unwrap_or(NonZeroU32::MIN);
+            RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst))
+        });
         Self {
             entries,
             sts,
+            budget,
             config,
             clock,
             metrics: Metrics::disabled(),
@@ -201,9 +218,9 @@ impl CredentialCache {
         key: CacheKey,
         req: AssumeRoleRequest,
     ) -> Result<Credentials, StsError> {
-        let room = self.config.margin + Duration::from_secs(60);
-        if !self.config.enabled || Duration::from_secs(u64::from(req.duration_seconds)) <= room {
+        if !self.config.enabled {
             self.lookup(CacheLookup::Bypass);
+            self.spend_budget(&key)?;
             return self.sts.assume_role(req).await;
         }
         if let Some(entry) = self.entries.get(&key).await {
@@ -216,11 +233,15 @@ impl CredentialCache {
         }
         self.lookup(CacheLookup::Miss);
         let sts = self.sts.clone();
+        let duration = req.duration_seconds;
         let entry = self
             .entries
-            .try_get_with(key.clone(), async move {
+            .try_get_with(key.clone(), async {
+                // One budget unit per STS call: the leader of a single flight
+                // spends it, its followers share the answer.
+                self.spend_budget(&key)?;
                 let credentials = sts.assume_role(req).await?;
-                Ok::<_, StsError>(self.entry(credentials))
+                Ok::<_, StsError>(self.entry(credentials, duration))
             })
             .await
             .map_err(|e| (*e).clone())?;
@@ -237,12 +258,42 @@ impl CredentialCache {
         self.metrics.cache_lookup(lookup);
     }
 
-    fn entry(&self, credentials: Credentials) -> Arc<Entry> {
-        new_entry(credentials, self.config.margin, self.config.refresh_window)
+    /// The margin and refresh window for credentials of `duration_seconds`:
+    /// the configured ones, or, for durations that leave no room for them,
+    /// a third of the lifetime and no refresh ahead (a caller gets at least
+    /// two thirds of what it asked for, and STS is not called again for
+    /// every request).
+    fn margins(&self, duration_seconds: u32) -> (Duration, Duration) {
+        let duration = Duration::from_secs(u64::from(duration_seconds));
+        if duration > self.config.margin + Duration::from_secs(60) {
+            (self.config.margin, self.config.refresh_window)
+        } else {
+            (duration / 3, Duration::ZERO)
+        }
+    }
+
+    fn entry(&self, credentials: Credentials, duration_seconds: u32) -> Arc<Entry> {
+        let (margin, window) = self.margins(duration_seconds);
+        new_entry(credentials, margin, window)
+    }
+
+    /// Spends one STS call of `key`'s identity and role, or says when the
+    /// next one is allowed.
+    fn spend_budget(&self, key: &CacheKey) -> Result<(), StsError> {
+        let Some(budget) = &self.budget else {
+            return Ok(());
+        };
+        budget
+            .check_key(&(key.subject.clone(), key.role_arn.clone()))
+            .map_err(|not_until| {
+                StsError::Budget(not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                )))
+            })
     }
 
     fn usable(&self, entry: &Entry) -> bool {
-        self.clock.now() + self.config.margin < entry.credentials.expiration
+        self.clock.now() + entry.margin < entry.credentials.expiration
     }
 
     async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<Entry>) {
@@ -274,7 +325,7 @@ impl CredentialCache {
             req.clone(),
             self.metrics.clone(),
         );
-        let (margin, window) = (self.config.margin, self.config.refresh_window);
+        let (margin, window) = self.margins(req.duration_seconds);
         tokio::spawn(async move {
             let refreshed = sts.assume_role(req).await;
             metrics.cache_refresh(refreshed.is_ok());
@@ -312,6 +363,7 @@ fn new_entry(credentials: Credentials, margin: Duration, window: Duration) -> Ar
         .unwrap_or(SystemTime::UNIX_EPOCH);
     Arc::new(Entry {
         credentials,
+        margin,
         refresh_at: AtomicU64::new(millis(refresh_at)),
         refreshing: AtomicBool::new(false),
     })
@@ -526,12 +578,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn short_durations_bypass_the_cache() {
+    async fn short_durations_are_cached_while_two_thirds_of_their_life_remain() {
         let (cache, sts, _) = setup(CacheConfig::default());
         cache.get(key("a", 900), req(900)).await.unwrap();
         cache.get(key("a", 900), req(900)).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn sts_calls_per_identity_and_role_are_budgeted() {
+        let (cache, sts, _) = setup(CacheConfig {
+            sts_calls_per_minute: 2,
+            sts_burst: 2,
+            ..CacheConfig::default()
+        });
+        cache.get(key("a", 3600), req(3600)).await.unwrap();
+        cache.get(key("a", 3601), req(3601)).await.unwrap();
+        let over = cache.get(key("a", 3602), req(3602)).await.unwrap_err();
+        assert!(
+            matches!(over, StsError::Budget(wait) if wait > Duration::ZERO),
+            "{over:?}"
+        );
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
-        assert_eq!(cache.entry_count(), 0);
+        // Another identity has its own budget; hits spend nothing.
+        cache.get(key("b", 3600), req(3600)).await.unwrap();
+        cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

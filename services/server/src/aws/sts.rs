@@ -143,6 +143,12 @@ pub enum StsError {
         /// The STS error message.
         message: String,
     },
+    /// Not sent: this identity has used its budget of STS calls for this
+    /// role (`cache.sts_calls_per_identity_per_minute`), which keeps one
+    /// caller from making STS throttle the whole account. Retry after the
+    /// delay.
+    #[error("too many STS calls for this service account and role; retry in {} ms", .0.as_millis())]
+    Budget(Duration),
 }
 
 /// Assumes AWS roles with a web identity token.
@@ -162,7 +168,8 @@ impl StsError {
             | StsError::ExpiredToken(_)
             | StsError::AccessDenied(_)
             | StsError::IdpRejectedClaim(_)
-            | StsError::Refused { .. } => false,
+            | StsError::Refused { .. }
+            | StsError::Budget(_) => false,
         }
     }
 
@@ -177,6 +184,7 @@ impl StsError {
             | StsError::AccessDenied(_)
             | StsError::IdpRejectedClaim(_)
             | StsError::Refused { .. } => "rejected",
+            StsError::Budget(_) => "budget",
         }
     }
 }

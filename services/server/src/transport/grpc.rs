@@ -385,6 +385,8 @@ fn code_of(err: &Error) -> Code {
                 Code::Unavailable
             }
             StsError::Refused { .. } => Code::FailedPrecondition,
+            // tokenbridge's own per-identity budget of STS calls.
+            StsError::Budget(_) => Code::ResourceExhausted,
         },
         Error::RateLimited { .. }
         | Error::Overloaded(_)

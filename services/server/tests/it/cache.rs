@@ -121,3 +121,45 @@ async fn sts_failures_are_not_cached() {
     sts.set_mode(FakeStsMode::Success);
     env.call(&token, ROLE_A, 0).await.unwrap();
 }
+
+/// One authorised caller cannot drive unbounded STS calls: short durations
+/// (within the cache margin) are served from the cache, and STS calls per
+/// identity and role are budgeted, beyond which the caller gets
+/// RESOURCE_EXHAUSTED with RetryInfo (STS quotas are per account).
+#[tokio::test]
+async fn one_identity_cannot_make_sts_throttle_the_account() {
+    let env = Env::start_with(Options {
+        cache: tokenbridge_server::config::CacheConfig {
+            sts_calls_per_minute: 3,
+            sts_burst: 3,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let token = env.token(&workload());
+    // 900 s is inside the 20-minute margin: once bypassed on every call,
+    // now cached while two thirds of its life remain.
+    let first = env.call(&token, ROLE_A, 900).await.unwrap();
+    let again = env.call(&token, ROLE_A, 900).await.unwrap();
+    assert_eq!(again.access_key_id, first.access_key_id);
+
+    // Distinct durations are distinct STS calls: the budget (3, one spent)
+    // allows two more, then refuses with a delay to wait.
+    env.call(&token, ROLE_A, 3600).await.unwrap();
+    env.call(&token, ROLE_A, 3601).await.unwrap();
+    let refused = env.call(&token, ROLE_A, 3602).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("too many STS calls"),
+        "{}",
+        refused.message()
+    );
+    assert!(tokenbridge_proto::status::retry_after(&refused).is_some());
+    // What is cached is still served.
+    env.call(&token, ROLE_A, 3600).await.unwrap();
+}
