@@ -66,6 +66,10 @@ struct Connection {
     /// Trust this CA (PEM) for an https:// endpoint.
     #[arg(long, env = "TOKENBRIDGE_CA_FILE", global = true)]
     ca_file: Option<PathBuf>,
+    /// Allow http:// to a host that is not loopback (the admin token and
+    /// the policy travel unencrypted): only for a network you trust.
+    #[arg(long, env = "TOKENBRIDGE_INSECURE_HTTP", global = true)]
+    insecure_http: bool,
     /// Present this client certificate (PEM) when the listener asks for
     /// one (mutual TLS); with --client-key.
     #[arg(
@@ -298,6 +302,7 @@ impl Admin {
             )
         })?;
         let mut config = tokenbridge_client::Config::new(endpoint)
+            .with_insecure_http(conn.insecure_http)
             .with_request_timeout(Duration::from_secs(conn.timeout_seconds));
         if let Some(ca) = &conn.ca_file {
             config = config.with_ca_file(ca);

@@ -88,6 +88,12 @@ pub struct Common {
     #[arg(long, env = "TOKENBRIDGE_CA_FILE", value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
 
+    /// Allow http:// to a host that is not loopback (the ID token goes out
+    /// and the AWS secret key comes back unencrypted): only for a network
+    /// you trust, e.g. inside a cluster behind a NetworkPolicy.
+    #[arg(long, env = "TOKENBRIDGE_INSECURE_HTTP")]
+    pub insecure_http: bool,
+
     /// Client certificate chain (PEM) for mutual TLS.
     #[arg(
         long,
@@ -128,6 +134,7 @@ impl Common {
     /// The client configuration these flags describe.
     pub fn client_config(&self) -> Config {
         let mut config = Config::new(self.endpoint.clone())
+            .with_insecure_http(self.insecure_http)
             .with_connect_timeout(self.connect_timeout)
             .with_request_timeout(self.timeout)
             .with_retry(RetryPolicy::new(

@@ -43,6 +43,7 @@ pub struct Config {
     connect_timeout: Duration,
     request_timeout: Duration,
     retry: RetryPolicy,
+    insecure_http: bool,
 }
 
 impl Config {
@@ -56,7 +57,17 @@ impl Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retry: RetryPolicy::default(),
+            insecure_http: false,
         }
+    }
+
+    /// Allows `http://` to a host that is not loopback. ID tokens go out and
+    /// AWS secret keys come back over that connection unencrypted, so it is
+    /// refused unless asked for (e.g. a TLS-terminating proxy reached over a
+    /// network you trust).
+    pub fn with_insecure_http(mut self, allow: bool) -> Self {
+        self.insecure_http = allow;
+        self
     }
 
     /// Also trusts the CA certificates in this PEM file (for `https://`).
@@ -137,6 +148,20 @@ impl Config {
                     return Err(Error::config(format!(
                         "endpoint {url:?} is plaintext http://, but a CA file or client \
                          certificate is set: use https://"
+                    )));
+                }
+                let host = endpoint.uri().host().unwrap_or_default();
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let loopback = host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback && !self.insecure_http {
+                    return Err(Error::config(format!(
+                        "endpoint {url:?} is plaintext http:// to a host that is not loopback: \
+                         the ID token goes out and the AWS secret key comes back unencrypted; \
+                         use https://, or opt in explicitly (insecure HTTP: --insecure-http, \
+                         TOKENBRIDGE_INSECURE_HTTP=true) for a network you trust"
                     )));
                 }
                 Ok(endpoint)
@@ -277,6 +302,22 @@ mod tests {
                 .tonic_endpoint(),
         );
         assert!(bad.contains("https://"), "{bad}");
+    }
+
+    #[test]
+    fn plaintext_to_a_host_that_is_not_loopback_needs_an_explicit_opt_in() {
+        for local in ["http://127.0.0.1:1", "http://localhost:1", "http://[::1]:1"] {
+            assert!(Config::new(local).tonic_endpoint().is_ok(), "{local}");
+        }
+        let bad = reason(Config::new("http://tokenbridge.internal:50051").tonic_endpoint());
+        assert!(bad.contains("not loopback"), "{bad}");
+        assert!(bad.contains("--insecure-http"), "{bad}");
+        assert!(
+            Config::new("http://tokenbridge.internal:50051")
+                .with_insecure_http(true)
+                .tonic_endpoint()
+                .is_ok()
+        );
     }
 
     #[test]

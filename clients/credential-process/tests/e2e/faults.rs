@@ -233,6 +233,29 @@ async fn unreadable_ca_file_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// Tokens go out and AWS secret keys come back over the connection: plain
+/// HTTP to another host needs an explicit opt-in.
+#[tokio::test]
+async fn plaintext_to_a_remote_host_is_refused_without_an_opt_in() {
+    let out = output(&mut shim(args(
+        "http://tokenbridge.example.com:50051",
+        "127.0.0.1:2",
+    )))
+    .await;
+    expect_failure(
+        &out,
+        &["invalid configuration", "not loopback", "--insecure-http"],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    // With the opt-in it goes on (and fails later: nothing listens there).
+    let out = output(
+        shim(args("http://tokenbridge.invalid:50051", "127.0.0.1:2"))
+            .env("TOKENBRIDGE_INSECURE_HTTP", "true"),
+    )
+    .await;
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("not loopback"));
+}
+
 #[tokio::test]
 async fn missing_flags_are_a_one_line_usage_error() {
     let out = output(&mut shim(["process", "--audience", AUDIENCE])).await;
