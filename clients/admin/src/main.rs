@@ -177,7 +177,14 @@ enum Command {
         audience: String,
     },
     /// Check an existing IAM trust policy (JSON file) for the usual mistakes.
-    LintTrustPolicy { file: PathBuf },
+    LintTrustPolicy {
+        file: PathBuf,
+        /// Also warn about the bindings of this policy file whose session
+        /// policies, conditions or duration caps a workload can walk around
+        /// while the role trusts Google tokens (pass-through mode).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
     /// Issuer mode: tokenbridge's OIDC discovery files.
     Issuer {
         #[command(subcommand)]
@@ -395,7 +402,9 @@ async fn run(cli: Cli) -> Result<u8> {
     let out = cli.output;
     match cli.command {
         // Local commands first: they need no connection.
-        Command::LintTrustPolicy { file } => return lint_trust_policy(&file, out),
+        Command::LintTrustPolicy { file, policy } => {
+            return lint_trust_policy(&file, policy.as_deref(), out);
+        }
         Command::Issuer {
             command: IssuerCommand::Export { config, dir },
         } => return issuer_export(&config, &dir),
@@ -871,10 +880,31 @@ async fn explain(admin: &mut Admin, args: ExplainArgs, out: Output) -> Result<u8
     Ok(0)
 }
 
-fn lint_trust_policy(file: &Path, out: Output) -> Result<u8> {
+fn lint_trust_policy(file: &Path, policy: Option<&Path>, out: Output) -> Result<u8> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| Failure::new(EX_DATAERR, format!("cannot read {}: {e}", file.display())))?;
-    let findings = trust::lint(&text);
+    let mut findings = trust::lint(&text);
+    // A role that trusts Google's tokens is open to the workloads' own
+    // tokens: what pass-through bindings add binds only tokenbridge's callers.
+    if let Some(policy) = policy
+        && text.contains(trust::GOOGLE_FEDERATED_PRINCIPAL)
+    {
+        for b in read_policy_file(policy)? {
+            let extras = trust::bypassable(&b, false);
+            if !extras.is_empty() {
+                findings.push(trust::Lint {
+                    severity: trust::Severity::Warning,
+                    kind: trust::LintKind::PassThroughBypass,
+                    statement: None,
+                    message: format!(
+                        "binding `{}` is in pass-through mode: its {} bind only callers that come through tokenbridge; a workload calling STS with its own Google token gets what this trust policy allows (use issuer mode)",
+                        b.name,
+                        extras.join(", ")
+                    ),
+                });
+            }
+        }
+    }
     match out {
         Output::Json => print_json(&json!(
             findings

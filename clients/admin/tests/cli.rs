@@ -544,6 +544,29 @@ fn issuer_export_writes_discovery_and_the_public_jwks_and_trust_policy_prints_bo
         "sts.amazonaws.com"
     );
     assert_eq!(st["Action"][1], "sts:SetSourceIdentity");
+    // lint-trust-policy with the bindings: a Google trust policy leaves the
+    // pass-through binding's session policy to be walked around.
+    let google = dir.path().join("google.json");
+    let printed = admin_local(&[
+        "trust-policy",
+        "scoped",
+        "-f",
+        p,
+        "--exchange-audience",
+        "aud",
+        "-o",
+        "json",
+    ]);
+    let doc: Value = serde_json::from_slice(&printed.stdout).unwrap();
+    std::fs::write(&google, doc["trust_policy"].to_string()).unwrap();
+    let o = admin_local(&["lint-trust-policy", google.to_str().unwrap(), "--policy", p]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains("binding `scoped` is in pass-through mode: its session policies"),
+        "{out}"
+    );
+    assert!(!out.contains("binding `issued`"), "{out}");
     let o = admin_local(&[
         "trust-policy",
         "scoped",

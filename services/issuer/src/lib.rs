@@ -47,7 +47,7 @@ pub const SOURCE_IDENTITY_CLAIM: &str = "https://aws.amazon.com/source_identity"
 pub enum KeyError {
     /// Neither an RSA nor an EC private key in PEM.
     #[error(
-        "not a PEM private key tokenbridge can sign with (RSA for RS256 or EC P-256 for ES256; PKCS#8 or PKCS#1/SEC1)"
+        "not a PEM private key tokenbridge can sign with: RSA of at least 2048 bits (RS256) or EC P-256 (ES256), PKCS#8 or PKCS#1/SEC1 (a weaker RSA key is refused here too)"
     )]
     NotAKey,
     /// An RSA key below [`MIN_RSA_BITS`].

@@ -169,6 +169,9 @@ pub enum LintKind {
     /// A Google statement beside an issuer statement: workloads can still
     /// call STS with their own Google token and walk around tokenbridge.
     GoogleBesideIssuer,
+    /// A pass-through binding whose session policies, conditions or
+    /// duration cap a workload walks around by calling STS itself.
+    PassThroughBypass,
 }
 
 /// One finding.

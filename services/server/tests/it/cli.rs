@@ -694,6 +694,24 @@ fn check_reports_issuer_problems_with_file_and_line_and_warns_about_pass_through
         );
     }
     assert!(err.contains("weak.pem`: not a PEM private key"), "{err}");
+    // A real RSA key of 1024 bits (a test fixture, never used elsewhere).
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/weak-rsa-1024.pem"),
+        dir.path().join("weak.pem"),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        again.contains(
+            "weak.pem`: not a PEM private key tokenbridge can sign with: RSA of at least 2048 bits"
+        ),
+        "{again}"
+    );
     assert!(
         err.contains("missing.pem`: cannot read the issuer key"),
         "{err}"
