@@ -3,10 +3,8 @@
 
 use std::{
     collections::HashMap,
-    fmt::Write as _,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex},
 };
 
 use axum::{
@@ -16,11 +14,13 @@ use axum::{
     http::{HeaderName, Method, StatusCode, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
 };
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::serve;
+use crate::{
+    serve,
+    sts_wire::{XMLNS, error_response, escape, lock, request_id, unix_now, unverified_claims},
+};
 
 /// The access key id of [`FakeStsMode::Success`]'s credentials.
 pub const FAKE_ACCESS_KEY_ID: &str = "ASIAFAKESTS00000001";
@@ -30,7 +30,6 @@ pub const FAKE_SECRET_ACCESS_KEY: &str = "fake-sts-secret-access-key";
 pub const FAKE_SESSION_TOKEN: &str = "fake-sts-session-token";
 /// The account of the roles [`FakeSts`] hands out.
 const ACCOUNT: &str = "111122223333";
-const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 
 /// How [`FakeSts`] answers requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,7 +148,11 @@ async fn sts(State(state): State<Arc<StsState>>, method: Method, body: Bytes) ->
             status,
             code,
             message,
-        } => error(status, &code, &message),
+        } => error_response(
+            StatusCode::from_u16(status).expect("an HTTP status code"),
+            &code,
+            &message,
+        ),
         FakeStsMode::Hang => {
             let _ = stopped.changed().await;
             StatusCode::SERVICE_UNAVAILABLE.into_response()
@@ -179,30 +182,13 @@ async fn sts(State(state): State<Arc<StsState>>, method: Method, body: Bytes) ->
     }
 }
 
-fn error(status: u16, code: &str, message: &str) -> Response {
-    let status = StatusCode::from_u16(status).expect("an HTTP status code");
-    let kind = if status.is_server_error() {
-        "Receiver"
-    } else {
-        "Sender"
-    };
-    let body = format!(
-        "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>{kind}</Type><Code>{}</Code>\
-         <Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
-        escape(code),
-        escape(message),
-        request_id(),
-    );
-    (status, [(CONTENT_TYPE, "text/xml")], body).into_response()
-}
-
 /// Credentials for the request's role and session; the subject, audience and
 /// provider come from the (unverified) token, as far as it can be read.
 fn success(form: &HashMap<String, String>) -> Response {
     let param = |name: &str| form.get(name).map_or("", String::as_str);
     let role = param("RoleArn").rsplit('/').next().unwrap_or_default();
     let session = param("RoleSessionName");
-    let claims = token_claims(param("WebIdentityToken"));
+    let claims = unverified_claims(param("WebIdentityToken")).unwrap_or_default();
     let claim = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
     let provider = claim("iss").trim_start_matches("https://");
     let expiration = utc_timestamp(unix_now() + 3600);
@@ -243,46 +229,6 @@ fn success(form: &HashMap<String, String>) -> Response {
         .into_response()
 }
 
-/// The payload of a JWT, unverified; empty if it is not one.
-fn token_claims(token: &str) -> serde_json::Map<String, Value> {
-    token
-        .split('.')
-        .nth(1)
-        .and_then(|payload| URL_SAFE_NO_PAD.decode(payload).ok())
-        .and_then(|json| serde_json::from_slice(&json).ok())
-        .unwrap_or_default()
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// A random request id shaped like STS's (a UUID).
-fn request_id() -> String {
-    let bytes = rand::random::<[u8; 16]>();
-    bytes
-        .iter()
-        .enumerate()
-        .fold(String::with_capacity(36), |mut id, (i, byte)| {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                id.push('-');
-            }
-            let _ = write!(id, "{byte:02x}");
-            id
-        })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs()
-}
-
 /// `unix` as `%Y-%m-%dT%H:%M:%SZ`, STS's format for `Expiration`.
 fn utc_timestamp(unix: u64) -> String {
     let (days, secs) = (unix / 86_400, unix % 86_400);
@@ -301,10 +247,6 @@ fn utc_timestamp(unix: u64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ mod issuer;
 mod moto;
 mod pki;
 mod strict_sts;
+mod sts_wire;
 
 pub use fake_sts::{
     FAKE_ACCESS_KEY_ID, FAKE_SECRET_ACCESS_KEY, FAKE_SESSION_TOKEN, FakeSts, FakeStsMode,

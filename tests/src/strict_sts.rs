@@ -33,10 +33,9 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fmt::{self, Write as _},
+    fmt,
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex},
 };
 
 use axum::{
@@ -46,7 +45,6 @@ use axum::{
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header::CONTENT_TYPE},
     response::{IntoResponse, Response},
 };
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -55,9 +53,11 @@ use jsonwebtoken::{
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::serve;
+use crate::{
+    serve,
+    sts_wire::{error_response, lock, unix_now, unverified_claims},
+};
 
-const XMLNS: &str = "https://sts.amazonaws.com/doc/2011-06-15/";
 const ASSUME_ROLE_WITH_WEB_IDENTITY: &str = "sts:AssumeRoleWithWebIdentity";
 const TAG_SESSION: &str = "sts:TagSession";
 const SET_SOURCE_IDENTITY: &str = "sts:SetSourceIdentity";
@@ -327,19 +327,7 @@ impl StsError {
     }
 
     fn into_response(self) -> Response {
-        let kind = if self.status.is_server_error() {
-            "Receiver"
-        } else {
-            "Sender"
-        };
-        let body = format!(
-            "<ErrorResponse xmlns=\"{XMLNS}\"><Error><Type>{kind}</Type><Code>{}</Code>\
-             <Message>{}</Message></Error><RequestId>{}</RequestId></ErrorResponse>",
-            escape(self.code),
-            escape(&self.message),
-            request_id(),
-        );
-        (self.status, [(CONTENT_TYPE, "text/xml")], body).into_response()
+        error_response(self.status, self.code, &self.message)
     }
 }
 
@@ -621,17 +609,6 @@ async fn verify(trusted: &TrustedProvider, token: &str) -> Result<(), StsError> 
         }
     }
     outcome
-}
-
-/// The payload of a JWT (three dot-separated parts), unverified.
-fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
-    let mut parts = token.split('.');
-    let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&json).ok()
 }
 
 fn claim_str<'a>(claims: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
@@ -1080,40 +1057,6 @@ async fn forward(state: &StsState, uri: &Uri, headers: &HeaderMap, body: Bytes) 
         )
         .into_response(),
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// A random request id shaped like STS's (a UUID).
-fn request_id() -> String {
-    let bytes = rand::random::<[u8; 16]>();
-    bytes
-        .iter()
-        .enumerate()
-        .fold(String::with_capacity(36), |mut id, (i, byte)| {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                id.push('-');
-            }
-            let _ = write!(id, "{byte:02x}");
-            id
-        })
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("the clock is after 1970")
-        .as_secs()
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
