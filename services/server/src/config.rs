@@ -645,33 +645,26 @@ fn store(problems: &mut Problems<'_>, s: &RawStore, base: &Path) -> StoreConfig 
 }
 
 /// The host of a PostgreSQL URL that is neither loopback nor a Unix socket
-/// and whose `sslmode` does not verify the server's certificate.
+/// and whose `sslmode` does not verify the server's certificate, read by
+/// sqlx's own parser (what the store will connect with). A URL sqlx cannot
+/// parse is reported when the store opens.
 fn unverified_remote_host(url: &str) -> Option<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let (authority, query) = match rest.split_once(['/', '?']) {
-        Some((a, _)) => (a, rest.split_once('?').map_or("", |(_, q)| q)),
-        None => (rest, ""),
-    };
-    let params: Vec<(&str, &str)> = query
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    let param = |name: &str| params.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
-    if matches!(param("sslmode"), Some("verify-full" | "verify-ca")) {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let options: PgConnectOptions = url.parse().ok()?;
+    if options.get_socket().is_some()
+        || matches!(
+            options.get_ssl_mode(),
+            PgSslMode::VerifyCa | PgSslMode::VerifyFull
+        )
+    {
         return None;
     }
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        host_port.split(':').next().unwrap_or_default()
-    };
-    let host = param("host").unwrap_or(host);
-    let local = host.is_empty()
-        || host.starts_with('/')
-        || host.starts_with("%2F")
+    let host = options.get_host();
+    let local = host.starts_with('/')
         || host.eq_ignore_ascii_case("localhost")
         || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
     (!local).then(|| host.to_owned())
@@ -1215,6 +1208,28 @@ fn check_upstream_url(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_hosts_are_read_as_sqlx_reads_them() {
+        let remote = |u: &str| unverified_remote_host(u);
+        assert_eq!(
+            remote("postgres://tb@db.internal/tb?sslmode=require").as_deref(),
+            Some("db.internal")
+        );
+        assert_eq!(
+            remote("postgres://tb@db.internal/tb?sslmode=verify-ca"),
+            None
+        );
+        assert_eq!(remote("postgres://tb@[::1]:5432/tb"), None);
+        assert_eq!(
+            remote("postgres://tb@localhost/tb?host=/var/run/postgresql"),
+            None
+        );
+        assert_eq!(
+            remote("postgres://tb@db.internal/tb?host=/var/run/postgresql"),
+            None
+        );
+    }
 
     const GOOD: &str = r#"
 [server]
