@@ -104,8 +104,15 @@ fn source_identity_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "_+=,.@-".contains(c)
 }
 
-/// The placeholders of `template`, or why it is malformed.
-fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+/// One piece of a template: text as written, or a placeholder's name.
+enum Segment<'a> {
+    Literal(&'a str),
+    Placeholder(&'a str),
+}
+
+/// `template` split into literal text and placeholders, or why it is
+/// malformed: the one parser of the template syntax.
+fn segments(template: &str) -> Result<Vec<Segment<'_>>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
@@ -124,10 +131,25 @@ fn placeholders(template: &str) -> Result<Vec<&str>, String> {
                 PLACEHOLDERS.map(|p| format!("{{{p}}}")).join(", ")
             ));
         }
-        out.push(name);
+        out.push(Segment::Literal(&rest[..open]));
+        out.push(Segment::Placeholder(name));
         rest = &after[close + 1..];
     }
+    out.push(Segment::Literal(rest));
     Ok(out)
+}
+
+/// The literal text of a parsed template and whether it has placeholders.
+fn literal(segments: &[Segment<'_>]) -> (String, bool) {
+    let mut text = String::new();
+    let mut placeholders = false;
+    for s in segments {
+        match s {
+            Segment::Literal(t) => text.push_str(t),
+            Segment::Placeholder(_) => placeholders = true,
+        }
+    }
+    (text, placeholders)
 }
 
 /// Checks a binding's `issuer`, `session_tags` and `source_identity`.
@@ -177,10 +199,10 @@ pub fn validate(identity: &SessionIdentity, errors: &mut Vec<FieldError>) {
                 format!("the value is {len} characters; STS accepts at most {MAX_TAG_VALUE_CHARS}"),
             );
         }
-        match placeholders(value) {
+        match segments(value) {
             Err(reason) => err(field, reason),
-            Ok(_) => {
-                let literal: String = strip_placeholders(value);
+            Ok(parts) => {
+                let (literal, _) = literal(&parts);
                 if !literal.chars().all(tag_char) {
                     err(
                         field,
@@ -192,16 +214,16 @@ pub fn validate(identity: &SessionIdentity, errors: &mut Vec<FieldError>) {
         }
     }
     if let Some(source) = &identity.source_identity {
-        match placeholders(source) {
+        match segments(source) {
             Err(reason) => err("source_identity".into(), reason),
-            Ok(names) => {
-                let literal = strip_placeholders(source);
+            Ok(parts) => {
+                let (literal, placeholders) = literal(&parts);
                 if !literal.chars().all(source_identity_char) {
                     err(
                         "source_identity".into(),
                         "may hold letters, digits and _ + = , . @ - only".into(),
                     );
-                } else if (names.is_empty() && !SOURCE_IDENTITY_CHARS.contains(&literal.len()))
+                } else if (!placeholders && !SOURCE_IDENTITY_CHARS.contains(&literal.len()))
                     || literal.len() > *SOURCE_IDENTITY_CHARS.end()
                 {
                     err(
@@ -212,20 +234,6 @@ pub fn validate(identity: &SessionIdentity, errors: &mut Vec<FieldError>) {
             }
         }
     }
-}
-
-fn strip_placeholders(template: &str) -> String {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        match rest[open..].find('}') {
-            Some(close) => rest = &rest[open + close + 1..],
-            None => return out,
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The value of one placeholder for `caller`, if its token has it.
@@ -247,15 +255,12 @@ fn claim<'a>(caller: &'a Caller, binding: &'a str, name: &str) -> Option<&'a str
 /// missing (or the template is malformed, which validation prevents).
 pub fn expand(template: &str, caller: &Caller, binding: &str) -> Option<String> {
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let close = after.find('}')?;
-        out.push_str(claim(caller, binding, &after[..close])?);
-        rest = &after[close + 1..];
+    for s in segments(template).ok()? {
+        out.push_str(match s {
+            Segment::Literal(text) => text,
+            Segment::Placeholder(name) => claim(caller, binding, name)?,
+        });
     }
-    out.push_str(rest);
     Some(out)
 }
 
