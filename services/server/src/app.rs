@@ -503,8 +503,10 @@ impl Service {
             .build_v1()?;
 
         let keys = AbortOnDropHandle::new(tokio::spawn(keep_keys(jwks, reporter.clone())));
-        let janitor =
-            AbortOnDropHandle::new(tokio::spawn(forget_idle_callers(rate_limits.clone())));
+        let janitor = AbortOnDropHandle::new(tokio::spawn(forget_idle_callers(
+            rate_limits.clone(),
+            exchange.clone(),
+        )));
         let tls_watch = tls.clone().map(|t| {
             AbortOnDropHandle::new(tokio::spawn(async move {
                 t.watch_files().await;
@@ -628,12 +630,13 @@ async fn drain_deadline(draining: oneshot::Receiver<()>, drain: Duration) {
 
 /// Forgets rate-limiter state of callers that have gone quiet, so memory
 /// follows the number of active callers, not of all callers ever seen.
-async fn forget_idle_callers(rate_limits: Arc<RateLimits>) {
+async fn forget_idle_callers(rate_limits: Arc<RateLimits>, exchange: Arc<Exchange>) {
     let mut tick = tokio::time::interval(JANITOR_INTERVAL);
     tick.tick().await;
     loop {
         tick.tick().await;
         rate_limits.retain_recent();
+        exchange.cache().retain_recent_budgets();
     }
 }
 

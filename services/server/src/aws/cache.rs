@@ -277,6 +277,14 @@ impl CredentialCache {
         new_entry(credentials, margin, window)
     }
 
+    /// Forgets the STS budgets of identities that have gone quiet (run by
+    /// the app's janitor with the rate limiters).
+    pub fn retain_recent_budgets(&self) {
+        if let Some(budget) = &self.budget {
+            budget.retain_recent();
+        }
+    }
+
     /// Spends one STS call of `key`'s identity and role, or says when the
     /// next one is allowed.
     fn spend_budget(&self, key: &CacheKey) -> Result<(), StsError> {

@@ -90,15 +90,22 @@ async fn jwks(
 
 /// The discovery routes, for the listener and for tests.
 pub fn router(issuer: Arc<Issuer>) -> Router {
+    router_with(issuer, limiter())
+}
+
+type PeerLimiter = Arc<DefaultKeyedRateLimiter<IpAddr>>;
+
+fn limiter() -> PeerLimiter {
     let quota = Quota::per_second(NonZeroU32::new(PER_PEER_PER_SECOND).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(PER_PEER_BURST).unwrap_or(NonZeroU32::MIN));
+    Arc::new(RateLimiter::keyed(quota))
+}
+
+fn router_with(issuer: Arc<Issuer>, limiter: PeerLimiter) -> Router {
     Router::new()
         .route(DISCOVERY_PATH, get(configuration))
         .route(JWKS_PATH, get(jwks))
-        .with_state(Discovery {
-            issuer,
-            limiter: Arc::new(RateLimiter::keyed(quota)),
-        })
+        .with_state(Discovery { issuer, limiter })
 }
 
 /// The peer's address, as the handlers see it.
@@ -183,10 +190,24 @@ pub async fn serve(
     let local = listener.local_addr()?;
     let (tx, rx) = mpsc::channel(64);
     let accepting = tokio::spawn(accept_tls(listener, TlsAcceptor::from(tls), tx));
-    let app = router(issuer).into_make_service_with_connect_info::<Peer>();
+    // The per-peer state is forgotten once a peer goes quiet: memory follows
+    // the active peers, not every address ever seen.
+    let limiter = limiter();
+    let janitor = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::transport::limits::JANITOR_INTERVAL);
+            loop {
+                tick.tick().await;
+                limiter.retain_recent();
+            }
+        })
+    };
+    let app = router_with(issuer, limiter).into_make_service_with_connect_info::<Peer>();
     let served = axum::serve(TlsListener { rx, local }, app)
         .with_graceful_shutdown(shutdown)
         .await;
     accepting.abort();
+    janitor.abort();
     served
 }

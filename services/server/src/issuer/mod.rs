@@ -105,11 +105,6 @@ impl Issuer {
         &self.config
     }
 
-    /// Reads the key files again; on any problem the current keys stay.
-    pub fn reload(&self) -> Result<String, (PathBuf, String)> {
-        self.reload_with(&self.config)
-    }
-
     /// Loads the key files `config` names (a changed `key_files` or
     /// `active_key_file`: rotation); on any problem the current keys stay.
     /// The URL, audience and lifetime stay those the server started with.
