@@ -149,6 +149,8 @@ enum Command {
     },
     /// Put a service account on the deny list (all bindings, next request).
     Deny {
+        /// Its unique ID (an email is refused: tokens without an email
+        /// claim would pass it).
         service_account: String,
         #[arg(long)]
         reason: String,
