@@ -50,7 +50,7 @@ use crate::{
     observability::audit::{AuditError, AuditLog, AuditSink},
     observability::metrics::{Metrics, MetricsError},
     observability::probes,
-    policy_admin::{AdminAccess, PolicyAdminService, PolicySource},
+    policy_admin::{AdminAccess, PolicyAdminServer, PolicyAdminService, PolicySource},
     store::{PolicyStore as _, Store, StoreError, load_snapshot},
     transport::grpc::{self, TokenExchangeService},
     transport::limits::{JANITOR_INTERVAL, RateLimits},
@@ -370,7 +370,7 @@ impl Service {
 
     /// The `PolicyAdmin` service: admin tokens verified like exchange
     /// tokens (same keys) but for the admin audiences.
-    fn policy_admin(&self) -> Option<PolicyAdminService> {
+    fn policy_admin(&self) -> Option<PolicyAdminServer> {
         let p = self.config.policy_admin.as_ref()?;
         let google = crate::google::GoogleConfig {
             audiences: p.audiences.clone(),
@@ -389,7 +389,8 @@ impl Service {
                 self.exchange.clone(),
                 self.exchange.verifier().clone(),
             )
-            .with_audit(self.audit.clone()),
+            .with_audit(self.audit.clone())
+            .into_service(&p.limits, grpc::AUDIT_GRACE),
         )
     }
 
@@ -441,6 +442,7 @@ impl Service {
         // listener does, and its calls in flight get the same drain time.
         let drain = self.config.server.drain_timeout;
         let (stop_policy_admin, policy_admin_stopping) = tokio::sync::watch::channel(false);
+        let max_streams = self.config.limits.max_concurrent_streams;
         let policy_admin_task = policy_admin_listener.zip(policy_admin).map(|(l, svc)| {
             let (mut stopping, mut drained) =
                 (policy_admin_stopping.clone(), policy_admin_stopping);
@@ -452,9 +454,9 @@ impl Service {
                 tokio::time::sleep(drain).await;
             };
             AbortOnDropHandle::new(tokio::spawn(async move {
-                let router = tonic::transport::Server::builder().add_service(
-                    tokenbridge_proto::v1::policy_admin_server::PolicyAdminServer::new(svc),
-                );
+                let router = http2_server(max_streams)
+                    .http2_max_header_list_size(POLICY_ADMIN_MAX_HEADER_LIST_BYTES)
+                    .add_service(svc);
                 let served = async move {
                     match admin_tls {
                         Some(t) => {
@@ -560,12 +562,13 @@ impl Service {
         let token_exchange = grpc::limited(
             TokenExchangeService::new(exchange)
                 .with_metrics(metrics)
-                .with_audit(audit)
+                .with_audit(audit.clone())
                 .with_rate_limits(rate_limits)
                 .with_request_timeout(limits.request_timeout)
                 .with_max_header_bytes(limits.max_header_list_bytes as usize),
             limits,
         );
+        let audit_log = audit;
         let (draining_tx, draining_rx) = oneshot::channel::<()>();
         let stop_reporter = reporter.clone();
         let stop_admin_calls = stop_policy_admin.clone();
@@ -573,7 +576,7 @@ impl Service {
             tcp_incoming(listener),
             tls_listener.zip(tls).map(|(l, t)| (tcp_incoming(l), t)),
         );
-        let server = tonic::transport::Server::builder()
+        let server = http2_server(limits.max_concurrent_streams)
             .http2_max_header_list_size(
                 limits
                     .max_header_list_bytes
@@ -602,6 +605,8 @@ impl Service {
             stop_policy_admin.send_replace(true);
             let _ = (&mut task).await;
         }
+        // Refusals' records are written without anyone waiting: let them land.
+        audit_log.flush().await;
         drop((keys, janitor, tls_watch, follow));
         // The admin listener is closed once this returns.
         if let Some(admin) = admin {
@@ -612,6 +617,25 @@ impl Service {
         Ok(())
     }
 }
+
+/// The HTTP/2 settings of every gRPC listener (issue 15): at most
+/// `max_streams` streams per connection (advertised in SETTINGS), and
+/// keepalive PINGs every [`HTTP2_KEEPALIVE_INTERVAL`]; a peer that does not
+/// answer one within [`HTTP2_KEEPALIVE_TIMEOUT`] is disconnected.
+fn http2_server(max_streams: u32) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(max_streams)
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+}
+
+/// How often an idle HTTP/2 connection is pinged.
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a PING may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The policy admin listener's header block limit (an admin ID token and
+/// the usual gRPC headers fit many times over).
+pub const POLICY_ADMIN_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// Accepted connections get `TCP_NODELAY` (without it, small gRPC frames
 /// wait for delayed ACKs: ~40 ms per call) and TCP keepalive.

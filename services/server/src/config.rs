@@ -7,6 +7,7 @@
 //! | --- | --- | --- |
 //! | `server.listen` | `0.0.0.0:50051` | gRPC, health and reflection listener |
 //! | `server.drain_timeout_seconds` | `25` | on SIGTERM, how long in-flight calls may take to finish |
+//! | `server.allow_plaintext` | `false` | with `[tls]`: allow `server.listen` on a non-loopback address (plaintext next to TLS); without it that is a config error |
 //! | `google.audiences` | required | accepted `aud` values |
 //! | `google.jwks_uri` | `https://www.googleapis.com/oauth2/v3/certs` | Google's signing keys |
 //! | `google.issuers` | both Google issuers | accepted `iss` values |
@@ -26,6 +27,12 @@
 //! | `policy_admin.audiences` | required with `[policy_admin]` | accepted `aud` of admin callers' ID tokens; none may be an exchange audience |
 //! | `policy_admin.principals` | required with `[policy_admin]` | who may call it: unique IDs or (verified) emails |
 //! | `policy_admin.tls` | `false` | serve it over TLS with the `[tls]` certificate, key and client CA |
+//! | `policy_admin.allow_plaintext` | `false` | allow a non-loopback `policy_admin.listen` without `tls` (a TLS-terminating proxy in front); without it that is a config error |
+//! | `policy_admin.max_concurrent_requests` | `32` | calls in flight; more are shed at once (RESOURCE_EXHAUSTED) |
+//! | `policy_admin.request_timeout_ms` | `10000` | one call, headers to answer, message included |
+//! | `policy_admin.max_request_bytes` | `4194304` | one decoded message of an authenticated caller (unauthenticated calls are refused from their headers, before any of the message is read) |
+//! | `policy_admin.per_peer_requests_per_second` | `20` | per peer address, before authentication; 0: off |
+//! | `policy_admin.per_peer_burst` | `40` | calls a peer may make at once |
 //! | `cache.enabled` | `true` | cache credentials per (sub, role, duration) |
 //! | `cache.max_entries` | `100000` | most credentials cached |
 //! | `cache.margin_seconds` | `1200` | never hand out credentials with less life left |
@@ -64,7 +71,7 @@ pub use crate::{
     aws::{AwsConfig, FallbackRegion, cache::CacheConfig},
     google::{DEFAULT_ISSUERS, DEFAULT_JWKS_URI, GoogleConfig},
     observability::{audit::AuditConfig, probes::AdminConfig, telemetry::TelemetryConfig},
-    policy_admin::PolicyAdminConfig,
+    policy_admin::{PolicyAdminConfig, PolicyAdminLimits},
     store::StoreConfig,
     transport::{limits::LimitsConfig, tls::TlsConfig},
 };
@@ -111,6 +118,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// On SIGTERM, how long in-flight calls may take to finish.
     pub drain_timeout: Duration,
+    /// With `[tls]`: plaintext on a non-loopback `listen` is intended.
+    pub allow_plaintext: bool,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +188,7 @@ struct RawLimits {
     request_timeout_ms: Option<Spanned<i64>>,
     max_request_bytes: Option<Spanned<i64>>,
     max_header_list_bytes: Option<Spanned<i64>>,
+    max_concurrent_streams: Option<Spanned<i64>>,
     per_peer_requests_per_second: Option<Spanned<i64>>,
     per_peer_burst: Option<Spanned<i64>>,
     per_peer_exempt_loopback: Option<bool>,
@@ -212,6 +222,7 @@ struct RawCache {
 struct RawServer {
     listen: Option<Spanned<String>>,
     drain_timeout_seconds: Option<Spanned<i64>>,
+    allow_plaintext: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -257,6 +268,12 @@ struct RawPolicyAdmin {
     audiences: Spanned<Vec<Spanned<String>>>,
     principals: Spanned<Vec<Spanned<String>>>,
     tls: Option<Spanned<bool>>,
+    allow_plaintext: Option<Spanned<bool>>,
+    max_concurrent_requests: Option<Spanned<i64>>,
+    request_timeout_ms: Option<Spanned<i64>>,
+    max_request_bytes: Option<Spanned<i64>>,
+    per_peer_requests_per_second: Option<Spanned<i64>>,
+    per_peer_burst: Option<Spanned<i64>>,
 }
 
 impl Config {
@@ -505,6 +522,30 @@ impl Config {
             }
         });
 
+        // Issue 15: with TLS configured, plaintext next to it is a choice.
+        if let Some(t) = &raw.tls
+            && !listen.ip().is_loopback()
+            && !raw
+                .server
+                .allow_plaintext
+                .as_ref()
+                .is_some_and(|v| *v.get_ref())
+        {
+            let span = raw
+                .server
+                .listen
+                .as_ref()
+                .map_or_else(|| t.listen.span(), |v| v.span());
+            problems.at(
+                span,
+                format!(
+                    "server.listen: {listen} would serve plaintext gRPC (tokens in, AWS secrets out) on a \
+                     non-loopback address next to [tls]; bind it to loopback (e.g. 127.0.0.1:{}), or set \
+                     server.allow_plaintext = true if plaintext there is intended (a TLS-terminating proxy, a mesh)",
+                    listen.port()
+                ),
+            );
+        }
         let admin = admin(&mut problems, &raw.admin, listen);
         let policy_admin = raw
             .policy_admin
@@ -533,6 +574,11 @@ impl Config {
             server: ServerConfig {
                 listen,
                 drain_timeout: drain,
+                allow_plaintext: raw
+                    .server
+                    .allow_plaintext
+                    .as_ref()
+                    .is_some_and(|v| *v.get_ref()),
             },
             google: GoogleConfig {
                 audiences,
@@ -734,11 +780,76 @@ fn policy_admin(
             );
         }
     }
+    let tls = p.tls.as_ref().is_some_and(|v| *v.get_ref());
+    let allow_plaintext = p.allow_plaintext.as_ref().is_some_and(|v| *v.get_ref());
+    if !tls && !allow_plaintext && !listen.ip().is_loopback() {
+        problems.at(
+            p.listen.span(),
+            format!(
+                "policy_admin.listen: {listen} is not a loopback address and the listener has no TLS: \
+                 admin ID tokens would cross the network in plaintext. Set policy_admin.tls = true, \
+                 bind it to loopback, or set policy_admin.allow_plaintext = true to acknowledge it \
+                 (a TLS-terminating proxy or mesh in front)"
+            ),
+        );
+    }
+    let d = PolicyAdminLimits::default();
+    let limits = PolicyAdminLimits {
+        max_concurrent_requests: usize::try_from(number(
+            problems,
+            "policy_admin.max_concurrent_requests",
+            &p.max_concurrent_requests,
+            d.max_concurrent_requests as u64,
+            1..=10_000,
+            "requests",
+        ))
+        .unwrap_or(d.max_concurrent_requests),
+        request_timeout: millis(
+            problems,
+            "policy_admin.request_timeout_ms",
+            &p.request_timeout_ms,
+            d.request_timeout.as_millis() as u64,
+            100..=600_000,
+        ),
+        max_request_bytes: usize::try_from(number(
+            problems,
+            "policy_admin.max_request_bytes",
+            &p.max_request_bytes,
+            d.max_request_bytes as u64,
+            4096..=64 * 1024 * 1024,
+            "bytes",
+        ))
+        .unwrap_or(d.max_request_bytes),
+        per_peer: {
+            let per_second = number(
+                problems,
+                "policy_admin.per_peer_requests_per_second",
+                &p.per_peer_requests_per_second,
+                d.per_peer.map_or(0, |r| u64::from(r.per_second.get())),
+                0..=1_000_000,
+                "requests per second",
+            );
+            let burst = number(
+                problems,
+                "policy_admin.per_peer_burst",
+                &p.per_peer_burst,
+                d.per_peer.map_or(1, |r| u64::from(r.burst.get())),
+                1..=1_000_000,
+                "requests",
+            );
+            Rate::new(
+                u32::try_from(per_second).unwrap_or(u32::MAX),
+                u32::try_from(burst).unwrap_or(u32::MAX),
+            )
+        },
+    };
     PolicyAdminConfig {
         listen,
         audiences,
         principals,
-        tls: p.tls.as_ref().is_some_and(|v| *v.get_ref()),
+        tls,
+        allow_plaintext,
+        limits,
     }
 }
 
@@ -1098,6 +1209,15 @@ fn limits(problems: &mut Problems<'_>, l: &RawLimits) -> LimitsConfig {
             "bytes",
         ))
         .unwrap_or(d.max_header_list_bytes),
+        max_concurrent_streams: u32::try_from(number(
+            problems,
+            "limits.max_concurrent_streams",
+            &l.max_concurrent_streams,
+            u64::from(d.max_concurrent_streams),
+            1..=10_000,
+            "streams per connection",
+        ))
+        .unwrap_or(d.max_concurrent_streams),
         per_peer: rate(
             problems,
             "per_peer",
@@ -1446,6 +1566,97 @@ file = "p.toml"
             Some(Path::new("/etc/tb/ca.pem"))
         );
         assert_eq!(tls.reload_interval, Duration::from_secs(10));
+    }
+
+    /// Issue 15, item 8: plaintext next to TLS, and a policy admin listener
+    /// off loopback without TLS, are choices to state, not defaults.
+    #[test]
+    fn plaintext_next_to_tls_and_a_plaintext_admin_listener_must_be_chosen() {
+        const TLS: &str =
+            "\n[tls]\nlisten = \"0.0.0.0:50443\"\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+        let problems = |src: &str| {
+            Config::from_toml_str(src, Path::new("c.toml"))
+                .err()
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let public = GOOD.replace("127.0.0.1:50051", "0.0.0.0:50051");
+        // Without [tls], plaintext on 0.0.0.0 is what there is.
+        assert_eq!(problems(&public), "");
+        // With it, it is a problem on server.listen's line...
+        let shown = problems(&format!("{public}{TLS}"));
+        assert!(
+            shown.contains("c.toml:3: server.listen: 0.0.0.0:50051 would serve plaintext gRPC"),
+            "{shown}"
+        );
+        // ...and on [tls]'s when server.listen is left to its default.
+        let default_listen = GOOD.replace("listen = \"127.0.0.1:50051\"\n", "");
+        let shown = problems(&format!("{default_listen}{TLS}"));
+        assert!(
+            shown.contains("server.listen: 0.0.0.0:50051 would serve plaintext"),
+            "{shown}"
+        );
+        // Loopback, or the explicit choice, is fine.
+        assert_eq!(problems(&format!("{GOOD}{TLS}")), "");
+        let chosen = public.replace("[server]\n", "[server]\nallow_plaintext = true\n");
+        assert_eq!(problems(&format!("{chosen}{TLS}")), "");
+
+        // The policy admin listener off loopback without TLS.
+        const ADMIN: &str = "\n[policy_admin]\nlisten = \"10.0.0.5:50052\"\n\
+             audiences = [\"tokenbridge-admin\"]\nprincipals = [\"ops@example.com\"]\n";
+        let shown = problems(&format!("{GOOD}{ADMIN}"));
+        assert!(
+            shown.contains("policy_admin.listen: 10.0.0.5:50052 is not a loopback address and the listener has no TLS"),
+            "{shown}"
+        );
+        assert_eq!(
+            problems(&format!("{GOOD}{ADMIN}allow_plaintext = true\n")),
+            ""
+        );
+        assert_eq!(problems(&format!("{GOOD}{TLS}{ADMIN}tls = true\n")), "");
+        assert_eq!(
+            problems(&format!("{GOOD}{}", ADMIN.replace("10.0.0.5", "127.0.0.1"))),
+            ""
+        );
+    }
+
+    #[test]
+    fn policy_admin_limits_parse_and_are_checked() {
+        let c = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[policy_admin]\nlisten = \"127.0.0.1:50052\"\n\
+                 audiences = [\"tokenbridge-admin\"]\nprincipals = [\"ops@example.com\"]\n\
+                 max_concurrent_requests = 4\nrequest_timeout_ms = 2000\n\
+                 max_request_bytes = 65536\nper_peer_requests_per_second = 0\n\
+                 \n[limits]\nmax_concurrent_streams = 16\n"
+            ),
+            Path::new("c.toml"),
+        )
+        .unwrap();
+        let p = c.policy_admin.unwrap();
+        assert_eq!(p.limits.max_concurrent_requests, 4);
+        assert_eq!(p.limits.request_timeout, Duration::from_millis(2000));
+        assert_eq!(p.limits.max_request_bytes, 65536);
+        assert_eq!(p.limits.per_peer, None);
+        assert_eq!(c.limits.max_concurrent_streams, 16);
+        let bad = Config::from_toml_str(
+            &format!(
+                "{GOOD}\n[policy_admin]\nlisten = \"127.0.0.1:50052\"\n\
+                 audiences = [\"tokenbridge-admin\"]\nprincipals = [\"ops@example.com\"]\n\
+                 max_concurrent_requests = 0\n"
+            ),
+            Path::new("c.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            bad.iter().any(|p| p
+                .to_string()
+                .contains("policy_admin.max_concurrent_requests: 0 is outside")),
+            "{bad:?}"
+        );
     }
 
     #[test]

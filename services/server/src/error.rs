@@ -75,6 +75,11 @@ pub enum Error {
     /// upstream was slow). Retrying later helps.
     #[error("the request did not complete within the server's {0} ms limit; retry later")]
     DeadlineExceeded(u64),
+    /// The call's request (its message) had not arrived when the call's
+    /// deadline (`limits.request_timeout_ms`, counted from its headers)
+    /// passed: the caller stalled. Its concurrency permit is released.
+    #[error("the request message did not arrive within the server's {0} ms deadline")]
+    Stalled(u64),
     /// The decision could not be written to the audit log (the sink fails
     /// or is too slow), so no credentials are handed out and no refusal is
     /// given: tokenbridge fails closed. Retrying later (or elsewhere) helps.
@@ -120,6 +125,7 @@ impl Error {
             | Error::MessageTooLarge(_)
             | Error::HeadersTooLarge { .. }
             | Error::IssuerMode(_)
+            | Error::Stalled(_)
             | Error::Sts(_) => None,
         }
     }
@@ -147,6 +153,7 @@ impl Error {
             Error::Overloaded(_) => "overloaded",
             Error::MessageTooLarge(_) | Error::HeadersTooLarge { .. } => "too_large",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Stalled(_) => "stalled",
             Error::AuditUnavailable => "audit_unavailable",
             Error::IssuerMode(_) => "issuer_mode",
         }
@@ -163,6 +170,7 @@ impl Error {
                 | Error::Overloaded(_)
                 | Error::MessageTooLarge(_)
                 | Error::HeadersTooLarge { .. }
+                | Error::Stalled(_)
         )
     }
 }

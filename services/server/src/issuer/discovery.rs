@@ -7,8 +7,9 @@
 //! [`PER_PEER_PER_SECOND`] requests a second (burst [`PER_PEER_BURST`]) and
 //! is answered 429 with `Retry-After` beyond, TLS handshakes run
 //! concurrently (at most [`MAX_PENDING_HANDSHAKES`]) with a time limit.
-//! Not yet bounded: how long request headers may take after the handshake
-//! (hyper's defaults; the second hardening round covers every listener).
+//! Served by [`crate::transport::http::serve`]: request headers must arrive
+//! within its header timeout, a request is answered within its request
+//! timeout, and HTTP/2 connections are limited in streams and kept alive.
 //! Hosting the same files statically (`tokenbridge-admin issuer export`)
 //! needs no listener.
 
@@ -66,7 +67,7 @@ fn limited(state: &Discovery, peer: SocketAddr) -> Option<Response> {
 
 async fn configuration(
     State(state): State<Discovery>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     if let Some(r) = limited(&state, peer) {
         return r;
@@ -80,7 +81,7 @@ async fn configuration(
 
 async fn jwks(
     State(state): State<Discovery>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
     if let Some(r) = limited(&state, peer) {
         return r;
@@ -106,22 +107,6 @@ fn router_with(issuer: Arc<Issuer>, limiter: PeerLimiter) -> Router {
         .route(DISCOVERY_PATH, get(configuration))
         .route(JWKS_PATH, get(jwks))
         .with_state(Discovery { issuer, limiter })
-}
-
-/// The peer's address, as the handlers see it.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
 }
 
 /// TLS connections, handshaken concurrently in a background task.
@@ -203,10 +188,8 @@ pub async fn serve(
             }
         })
     };
-    let app = router_with(issuer, limiter).into_make_service_with_connect_info::<Peer>();
-    let served = axum::serve(TlsListener { rx, local }, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router_with(issuer, limiter);
+    let served = crate::transport::http::serve(TlsListener { rx, local }, app, shutdown).await;
     accepting.abort();
     janitor.abort();
     served

@@ -21,7 +21,7 @@
 //! | `tokenbridge_jwks_key_age_seconds` | gauge | | time since the keys in use were fetched (absent before the first fetch) |
 //! | `tokenbridge_jwks_keys_stale` | gauge | | 1 while the keys in use are past their `max-age` (refreshes failing), else 0 |
 //! | `tokenbridge_rate_limited_total` | counter | `limit` | calls refused by a limit: `peer`, `subject` (rate limits), `concurrency` (shed) |
-//! | `tokenbridge_audit_records_total` | counter | `result` | audit records: `written`, `failed` (the call then failed closed with UNAVAILABLE) |
+//! | `tokenbridge_audit_records_total` | counter | `result` | audit records: `written`, `failed` (an issued call then failed closed with UNAVAILABLE), and for refusals also `queued` (for the blocking thread; no one waits) `summarised` (only counted: the sink was behind; see the `tokenbridge.audit_summary` line) and `lost` (queued, then the sink failed) |
 //! | `tokenbridge_audit_writes_total` | counter | `path` | writes of audit records: `inline` (a pipe or socket with room, by the calling task) or `blocking` (a round on the blocking thread: a file, or a pipe or socket whose reader is behind) |
 
 use std::{
@@ -268,15 +268,11 @@ impl Metrics {
         self.rate_limited.add(1, &[KeyValue::new("limit", limit)]);
     }
 
-    /// An audit record written, or not.
-    pub fn audit_record(&self, written: bool) {
-        self.audit_records.add(
-            1,
-            &[KeyValue::new(
-                "result",
-                if written { "written" } else { "failed" },
-            )],
-        );
+    /// An audit record: `written`, `failed`, `queued`, `summarised` or
+    /// `lost`.
+    pub fn audit_record(&self, result: &'static str) {
+        self.audit_records
+            .add(1, &[KeyValue::new("result", result)]);
     }
 
     /// One write of audit records by `path`: `inline` (by the calling

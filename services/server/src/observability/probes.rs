@@ -95,7 +95,5 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Admin { metrics, health });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::transport::http::serve(listener, router, shutdown).await
 }

@@ -16,7 +16,12 @@
 //! * **What every call leaves.** One `tokenbridge.admin` line in the audit
 //!   log (method, actor, target, outcome), refusals included.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokenbridge_proto::status::code_name;
 use tokenbridge_proto::v1::{self as pb, policy_admin_server::PolicyAdmin};
@@ -30,9 +35,14 @@ use crate::{
     exchange::{Exchange, VerifyToken},
     observability::audit::{AdminEntry, AuditLog},
     store::{AuditQuery, PolicyStore, Store, load_snapshot},
+    transport::{
+        guard::{self, CallDeadline},
+        limits::{LimitsConfig, Rate, RateLimits},
+    },
 };
 
 mod access;
+pub mod edge;
 mod mapping;
 
 pub use access::AdminAccess;
@@ -56,7 +66,56 @@ pub struct PolicyAdminConfig {
     /// Serve TLS (the `[tls]` certificate, key and client CA) instead of
     /// plaintext.
     pub tls: bool,
+    /// Plaintext on a non-loopback address is acknowledged.
+    pub allow_plaintext: bool,
+    /// What one caller may ask of the listener.
+    pub limits: PolicyAdminLimits,
 }
+
+/// The policy admin listener's own limits (see [`crate::transport::guard`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyAdminLimits {
+    /// Calls in flight at most.
+    pub max_concurrent_requests: usize,
+    /// One call, headers to answer.
+    pub request_timeout: Duration,
+    /// The largest message of an authenticated caller.
+    pub max_request_bytes: usize,
+    /// Per peer address, before authentication; `None`: off.
+    pub per_peer: Option<Rate>,
+}
+
+impl Default for PolicyAdminLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 32,
+            request_timeout: Duration::from_secs(10),
+            max_request_bytes: 4 * 1024 * 1024,
+            per_peer: Rate::new(20, 40),
+        }
+    }
+}
+
+/// Every method, for naming a refused call without the caller's text.
+const METHODS: [&str; 13] = [
+    "ListBindings",
+    "GetBinding",
+    "CreateBinding",
+    "UpdateBinding",
+    "DeleteBinding",
+    "ApplyBindings",
+    "Explain",
+    "Validate",
+    "ListAudit",
+    "DenyServiceAccount",
+    "AllowServiceAccount",
+    "ListDenied",
+    "RevokeCachedCredentials",
+];
+
+/// The longest `target` an audit line carries; longer ones are cut (the
+/// caller is authenticated by then, and the store refuses such names).
+const MAX_AUDIT_TARGET: usize = 256;
 
 /// The methods that change the store.
 const WRITES: [&str; 6] = [
@@ -67,6 +126,12 @@ const WRITES: [&str; 6] = [
     "DenyServiceAccount",
     "AllowServiceAccount",
 ];
+
+/// The policy admin service as its listener serves it
+/// ([`PolicyAdminService::into_service`]).
+pub type PolicyAdminServer = guard::Guard<
+    edge::Authenticate<pb::policy_admin_server::PolicyAdminServer<PolicyAdminService>>,
+>;
 
 /// Where the bindings come from.
 #[derive(Clone)]
@@ -79,7 +144,7 @@ pub enum PolicySource {
 
 /// The `PolicyAdmin` service.
 pub struct PolicyAdminService {
-    access: AdminAccess,
+    access: Arc<AdminAccess>,
     source: PolicySource,
     exchange: Arc<Exchange>,
     exchange_verifier: Arc<dyn VerifyToken>,
@@ -96,12 +161,43 @@ impl PolicyAdminService {
         exchange_verifier: Arc<dyn VerifyToken>,
     ) -> Self {
         Self {
-            access,
+            access: Arc::new(access),
             source,
             exchange,
             exchange_verifier,
             audit: None,
         }
+    }
+
+    /// The service as a listener serves it: authenticated from the headers
+    /// before the message is read ([`edge`]), behind the listener's guard
+    /// (per-peer rate, concurrency, deadline: [`crate::transport::guard`]),
+    /// with `limits.max_request_bytes` for an authenticated caller's
+    /// message.
+    pub fn into_service(self, limits: &PolicyAdminLimits, grace: Duration) -> PolicyAdminServer {
+        let access = self.access.clone();
+        let service = Arc::new(self);
+        let server = pb::policy_admin_server::PolicyAdminServer::from_arc(service.clone())
+            .max_decoding_message_size(limits.max_request_bytes);
+        let peers = limits.per_peer.map(|rate| {
+            Arc::new(RateLimits::new(&LimitsConfig {
+                per_peer: Some(rate),
+                per_peer_exempt_loopback: false,
+                per_subject: None,
+                ..LimitsConfig::default()
+            }))
+        });
+        guard::guard(
+            edge::Authenticate::new(server, access, service),
+            guard::GuardSettings {
+                max_concurrent: limits.max_concurrent_requests,
+                deadline: limits.request_timeout,
+                grace,
+                max_request_bytes: limits.max_request_bytes,
+                peers,
+                metrics: None,
+            },
+        )
     }
 
     /// Writes one `tokenbridge.admin` line per call to `audit`.
@@ -146,7 +242,8 @@ impl PolicyAdminService {
         }
     }
 
-    /// Authorises the call, runs `body`, and audits the outcome.
+    /// Runs `body` for the caller [`edge::Authenticate`] authenticated
+    /// from the headers, and audits the outcome.
     async fn call<T, R, F>(
         &self,
         method: &'static str,
@@ -159,17 +256,33 @@ impl PolicyAdminService {
     {
         let started = Instant::now();
         let peer = request.remote_addr();
-        let (metadata, _, message) = request.into_parts();
-        let target = target(&message);
-        let (actor, result) = match self.access.authorize(&metadata).await {
-            Ok(actor) => {
+        let (_, extensions, message) = request.into_parts();
+        if let Some(deadline) = CallDeadline::of(&extensions) {
+            deadline.started();
+        }
+        let mut target = target(&message);
+        if target.len() > MAX_AUDIT_TARGET {
+            let mut cut = MAX_AUDIT_TARGET;
+            while !target.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            target.truncate(cut);
+            target.push('…');
+        }
+        // Served only behind `edge::Authenticate` (see `into_service`);
+        // without its actor the call is refused, never run.
+        let actor = extensions.get::<edge::Actor>().map(|a| a.0.clone());
+        let result = match &actor {
+            Some(actor) => {
                 let result = body(actor.clone(), message).await;
                 if result.is_ok() && WRITES.contains(&method) {
                     self.refresh().await;
                 }
-                (Some(actor), result)
+                result
             }
-            Err(status) => (None, Err(status)),
+            None => Err(Status::unauthenticated(
+                "the call was not authenticated from its headers",
+            )),
         };
         self.record(method, actor.as_deref(), &target, &result, peer, started)
             .await;

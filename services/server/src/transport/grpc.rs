@@ -2,10 +2,10 @@
 //! the `authorization` metadata, the limits applied at the edge, and the one
 //! mapping from [`Error`] to `tonic::Status` (the contract's status table).
 //!
-//! A call passes, in order: the global concurrency limit (tower's
-//! `GlobalConcurrencyLimit` behind `LoadShed`: over the limit it is refused
-//! at once, before its message is read), the message size limit (tonic), the
-//! per-peer rate limit, then the exchange under the request deadline; then
+//! A call passes, in order: the listener's guard ([`guard`]: the per-peer
+//! rate limit and the global concurrency limit, both before its message is
+//! read, and the deadline counted from its headers), the message size limit
+//! (tonic), then the exchange within the rest of the deadline; then
 //! the decision is written to the audit log (the answer waits for it, and
 //! is UNAVAILABLE if it cannot be written) and counted in the metrics.
 //!
@@ -14,13 +14,10 @@
 //! metadata).
 
 use std::{
-    convert::Infallible,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use futures_util::future::BoxFuture;
 use tokenbridge_proto::v1::{
     GetCredentialsRequest, GetCredentialsResponse,
     token_exchange_server::{SERVICE_NAME, TokenExchange, TokenExchangeServer},
@@ -29,12 +26,7 @@ use tokenbridge_proto::{
     Secret,
     status::{self, code_name},
 };
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap, server::NamedService};
-use tower::{
-    Service, ServiceBuilder,
-    limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer},
-    load_shed::LoadShed,
-};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, debug, debug_span, field::Empty, info};
 
 use crate::{
@@ -46,6 +38,7 @@ use crate::{
     observability::audit::{AuditLog, Decision, Entry},
     observability::metrics::Metrics,
     observability::telemetry,
+    transport::guard::{self, CallDeadline, Guard, GuardSettings},
     transport::limits::{LimitsConfig, RateLimits},
 };
 
@@ -106,83 +99,33 @@ impl TokenExchangeService {
     }
 }
 
-/// `TokenExchange` as served: `service` behind the global concurrency limit
-/// with load shedding, with the message size limit of `limits`.
+/// `TokenExchange` as served: `service` behind the listener's guard
+/// ([`guard`]: per-peer rate, concurrency with load shedding, the deadline
+/// over the whole call), with the message size limit of `limits`.
 pub fn limited(service: TokenExchangeService, limits: &LimitsConfig) -> Limited {
-    let max = limits.max_concurrent_requests;
     let metrics = service.metrics.clone();
+    let peers = service.rate_limits.clone();
     let server =
         TokenExchangeServer::new(service).max_decoding_message_size(limits.max_request_bytes);
-    Limited {
-        inner: ServiceBuilder::new()
-            .load_shed()
-            .layer(GlobalConcurrencyLimitLayer::new(max))
-            .service(server),
-        max,
-        max_request_bytes: limits.max_request_bytes,
-        metrics,
-    }
+    guard::guard(
+        server,
+        GuardSettings {
+            max_concurrent: limits.max_concurrent_requests,
+            deadline: limits.request_timeout,
+            grace: AUDIT_GRACE,
+            max_request_bytes: limits.max_request_bytes,
+            peers,
+            metrics: Some(metrics),
+        },
+    )
 }
 
-/// `TokenExchange` behind the concurrency limit; a shed call is answered
-/// with the status of [`Error::Overloaded`], a message over the size limit
-/// (which tonic's codec refuses with OUT_OF_RANGE) with that of
-/// [`Error::MessageTooLarge`].
-#[derive(Clone)]
-pub struct Limited {
-    inner: LoadShed<ConcurrencyLimit<TokenExchangeServer<TokenExchangeService>>>,
-    max: usize,
-    max_request_bytes: usize,
-    metrics: Arc<Metrics>,
-}
+/// How long past its deadline a started exchange may take to have its
+/// audit record written (issued credentials wait for it).
+pub const AUDIT_GRACE: Duration = crate::observability::audit::ACK_TIMEOUT;
 
-impl NamedService for Limited {
-    const NAME: &'static str = SERVICE_NAME;
-}
-
-type HttpRequest = http::Request<tonic::body::Body>;
-type HttpResponse = http::Response<tonic::body::Body>;
-
-impl Service<HttpRequest> for Limited {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // LoadShed is always ready (it sheds in `call` instead), and the
-        // service under it is infallible.
-        <LoadShed<_> as Service<HttpRequest>>::poll_ready(&mut self.inner, cx).map(|_| Ok(()))
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        let (max, max_bytes) = (self.max, self.max_request_bytes);
-        let metrics = self.metrics.clone();
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            // LoadShed's only error: the concurrency limit is reached.
-            let response = call.await.unwrap_or_else(|_| {
-                debug!(max_concurrent_requests = max, "call shed: overloaded");
-                let shed = Error::Overloaded(max);
-                metrics.rate_limited("concurrency");
-                metrics.exchange(shed.kind(), code_name(code_of(&shed)), None);
-                Status::from(shed).into_http()
-            });
-            // The service itself never answers OUT_OF_RANGE (see the table
-            // below): this is the codec's message size limit.
-            let out_of_range = (Code::OutOfRange as i32).to_string();
-            if response
-                .headers()
-                .get("grpc-status")
-                .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
-            {
-                let too_large = Error::MessageTooLarge(max_bytes);
-                metrics.exchange(too_large.kind(), code_name(code_of(&too_large)), None);
-                return Ok(Status::from(too_large).into_http());
-            }
-            Ok(response)
-        })
-    }
-}
+/// `TokenExchange` behind its listener's guard.
+pub type Limited = Guard<TokenExchangeServer<TokenExchangeService>>;
 
 #[tonic::async_trait]
 impl TokenExchange for TokenExchangeService {
@@ -203,16 +146,22 @@ impl TokenExchange for TokenExchangeService {
             otel.status_code = Empty,
         );
         let trace = telemetry::join_trace(&span, request.metadata().as_ref());
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        // The guard's deadline (counted from the headers), else our own.
+        let deadline = CallDeadline::of(&extensions);
+        if let Some(d) = &deadline {
+            d.started();
+        }
+        let deadline_at = deadline.map(|d| d.at()).or_else(|| {
+            self.request_timeout
+                .map(|t| tokio::time::Instant::now() + t)
+        });
         let req = ExchangeRequest {
             role_arn: message.role_arn,
             duration_seconds: message.duration_seconds,
         };
         let mut facts = Facts::default();
         let call = async {
-            if let Some(limits) = &self.rate_limits {
-                limits.check_peer(peer.map(|p| p.ip()))?;
-            }
             if let Some(limit) = self.max_header_bytes {
                 let size = header_list_size(&metadata);
                 if size > limit {
@@ -225,11 +174,12 @@ impl TokenExchange for TokenExchangeService {
                 .await
         }
         .instrument(span.clone());
-        let mut result = match self.request_timeout {
+        let limit_ms = self.request_timeout.map_or(0, |t| t.as_millis() as u64);
+        let mut result = match deadline_at {
             None => call.await,
-            Some(limit) => tokio::time::timeout(limit, call)
+            Some(at) => tokio::time::timeout_at(at, call)
                 .await
-                .unwrap_or(Err(Error::DeadlineExceeded(limit.as_millis() as u64))),
+                .unwrap_or(Err(Error::DeadlineExceeded(limit_ms))),
         };
 
         if let Some(audit) = &self.audit
@@ -265,7 +215,9 @@ impl TokenExchange for TokenExchangeService {
                 trace: trace.as_ref(),
                 elapsed: started.elapsed(),
             };
-            if !audit.write(&entry).await {
+            // Only issued credentials fail closed on their record; a
+            // refusal keeps its own answer (and never waits on the sink).
+            if !audit.write(&entry).await && result.is_ok() {
                 result = Err(Error::AuditUnavailable);
             }
         }
@@ -396,6 +348,8 @@ fn code_of(err: &Error) -> Code {
         // retry UNAVAILABLE; DEADLINE_EXCEEDED is what a client reports
         // when its own deadline passes.
         Error::DeadlineExceeded(_) => Code::Unavailable,
+        // The caller did not send its request in time: its own fault.
+        Error::Stalled(_) => Code::DeadlineExceeded,
         // The decision cannot be recorded: fail closed, retryably.
         Error::AuditUnavailable => Code::Unavailable,
         // A binding or the server's [issuer] must change first.

@@ -5,9 +5,10 @@
 //! | key | default | meaning |
 //! | --- | --- | --- |
 //! | `limits.max_concurrent_requests` | `1024` | `GetCredentials` calls in flight; more are shed at once |
-//! | `limits.request_timeout_ms` | `5000` | one `GetCredentials`, end to end |
+//! | `limits.request_timeout_ms` | `5000` | one `GetCredentials`, from its headers to its answer, the message included (a call whose message has not arrived by then ends with DEADLINE_EXCEEDED and frees its place) |
 //! | `limits.max_request_bytes` | `4096` | one decoded request message |
 //! | `limits.max_header_list_bytes` | `65536` | the HTTP/2 header block of a request (the token travels there) |
+//! | `limits.max_concurrent_streams` | `100` | HTTP/2 streams one connection may have open (advertised in SETTINGS); more are refused by HTTP/2 |
 //! | `limits.per_peer_requests_per_second` | `200` | per peer address (IPv6: per /64), before the token is verified; 0: off |
 //! | `limits.per_peer_burst` | `400` | requests a peer may make at once |
 //! | `limits.per_peer_exempt_loopback` | `true` | loopback peers (a local TLS-terminating proxy, a node agent) are not limited per address |
@@ -75,6 +76,8 @@ pub struct LimitsConfig {
     pub max_request_bytes: usize,
     /// Largest HTTP/2 header block of a request.
     pub max_header_list_bytes: u32,
+    /// HTTP/2 streams per connection at most.
+    pub max_concurrent_streams: u32,
     /// Per peer address, before verification; `None`: off.
     pub per_peer: Option<Rate>,
     /// Whether loopback peers are exempt from the per-peer limit (behind a
@@ -91,6 +94,7 @@ impl Default for LimitsConfig {
             request_timeout: Duration::from_millis(5000),
             max_request_bytes: 4096,
             max_header_list_bytes: 64 * 1024,
+            max_concurrent_streams: 100,
             per_peer: Rate::new(200, 400),
             per_peer_exempt_loopback: true,
             per_subject: Rate::new(100, 1000),

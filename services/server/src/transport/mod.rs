@@ -3,5 +3,7 @@
 //! it ([`limits`]), and TLS with certificate reloads ([`tls`]).
 
 pub mod grpc;
+pub mod guard;
+pub mod http;
 pub mod limits;
 pub mod tls;

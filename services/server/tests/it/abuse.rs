@@ -287,3 +287,118 @@ fn idle_callers_are_forgotten() {
         limits.retain_recent();
     }
 }
+
+/// Opens an HTTP/2 connection to `addr` by hand and starts `n`
+/// `GetCredentials` streams whose headers (with a valid token) are sent but
+/// whose message never is. Returns the client and the streams' pending
+/// responses (the send halves are kept open, as a stalling caller would).
+pub(crate) async fn stalled_streams(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+    n: usize,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    Vec<(h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("authorization", format!("Bearer {token}"))
+            .body(())
+            .unwrap();
+        let mut ready = client.clone().ready().await.unwrap();
+        let (response, send) = ready.send_request(request, false).unwrap();
+        streams.push((response, send));
+    }
+    (client, streams)
+}
+
+/// The `grpc-status` and `grpc-message` of a trailers-only answer.
+pub(crate) fn grpc_status_of(response: &http::Response<h2::RecvStream>) -> (String, String) {
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    (header("grpc-status"), header("grpc-message"))
+}
+
+/// Issue 15, item 1: a connection that opens as many streams as there are
+/// concurrency permits and never sends their messages used to lock every
+/// caller out, indefinitely. Now the deadline covers the message: each
+/// stalled stream ends with DEADLINE_EXCEEDED and frees its permit, and the
+/// listener advertises its per-connection stream limit.
+#[tokio::test]
+async fn streams_that_never_send_their_message_end_at_the_deadline_and_free_their_places() {
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = env_with(
+        &sts,
+        LimitsConfig {
+            max_concurrent_requests: 4,
+            request_timeout: Duration::from_millis(500),
+            max_concurrent_streams: 8,
+            ..LimitsConfig::default()
+        },
+    )
+    .await;
+    let token = env.token(&workload());
+    let addr = env.server.as_ref().unwrap().addr;
+    let (client, streams) = stalled_streams(
+        addr,
+        "/tokenbridge.v1.TokenExchange/GetCredentials",
+        &token,
+        4,
+    )
+    .await;
+    for (response, _send) in streams {
+        let response = within(GUARD, response).await.unwrap();
+        let (code, message) = grpc_status_of(&response);
+        assert_eq!(
+            code,
+            (Code::DeadlineExceeded as i32).to_string(),
+            "{message}"
+        );
+        assert!(
+            message.contains("did%20not%20arrive") || message.contains("did not arrive"),
+            "{message}"
+        );
+        assert_no_token(&message, &token);
+    }
+    assert_eq!(client.current_max_send_streams(), 8);
+    // Every place is free again: an honest caller is served.
+    within(GUARD, env.call(&token, ROLE_A, 0)).await.unwrap();
+}
+
+/// Issue 15, item 1: the plain HTTP listeners (here the admin listener)
+/// close a connection whose request headers do not arrive in time.
+#[tokio::test]
+async fn the_admin_listener_closes_a_connection_whose_headers_never_finish() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = env_with(&sts, LimitsConfig::default()).await;
+    let admin = env.server.as_ref().unwrap().admin_addr.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: tokenbridge\r\nX-Slow: ")
+        .await
+        .unwrap();
+    // The server gives up on the headers and closes (EOF or a reset).
+    let mut buf = Vec::new();
+    let read = within(
+        tokenbridge_server::transport::http::HEADER_TIMEOUT + GUARD,
+        tcp.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        read.is_err() || read.is_ok_and(|n| !String::from_utf8_lossy(&buf[..n]).contains("200 OK")),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+}

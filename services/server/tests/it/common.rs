@@ -135,6 +135,7 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
         server: ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             drain_timeout: Duration::from_secs(5),
+            allow_plaintext: false,
         },
         google: GoogleConfig {
             audiences: vec![AUDIENCE.to_string()],

@@ -99,10 +99,11 @@ async fn world() -> World {
         "http://{}/.well-known/jwks.json",
         listener.local_addr().unwrap()
     );
-    let app = tokenbridge_server::issuer::discovery::router(issuer)
-        .into_make_service_with_connect_info::<tokenbridge_server::issuer::discovery::Peer>();
+    let app = tokenbridge_server::issuer::discovery::router(issuer);
     let discovery = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        tokenbridge_server::transport::http::serve(listener, app, std::future::pending())
+            .await
+            .unwrap();
     });
     sts.trust_provider(Provider::google(env.jwks.uri()));
     sts.trust_provider(Provider::oidc(ISSUER_URL, jwks_uri, ["sts.amazonaws.com"]));

@@ -213,15 +213,12 @@ async fn metrics_count_known_traffic() {
         "the key age is reported once keys are loaded"
     );
     assert_eq!(value(&m, "tokenbridge_jwks_keys_stale", &[]), 0.0);
-    // Every call but the rate-limited one went to the audit log.
-    assert_eq!(
-        value(
-            &m,
-            "tokenbridge_audit_records_total",
-            &[("result", "written")]
-        ),
-        issued + 4.0
-    );
+    // Every call but the rate-limited one went to the audit log: issued
+    // ones written before the answer, refusals written or queued (a file
+    // sink is written on a blocking thread, and no refusal waits for it).
+    let audited = |result| value(&m, "tokenbridge_audit_records_total", &[("result", result)]);
+    assert_eq!(audited("written") + audited("queued"), issued + 4.0);
+    assert!(audited("written") >= issued);
 
     // No label carries an identity or a role.
     for s in &m.samples {
@@ -390,6 +387,9 @@ async fn the_audit_log_has_one_line_per_decision() {
         .await
         .unwrap_err();
 
+    // Refusals are written without the call waiting; stopping the server
+    // lets every queued record land.
+    env.stop().await;
     let lines = audit_lines(&path);
     assert_eq!(lines.len(), 4, "{lines:#?}");
     for line in &lines {
@@ -485,7 +485,6 @@ async fn the_audit_log_has_one_line_per_decision() {
     ] {
         assert!(!text.contains(secret), "a secret in the audit log");
     }
-    env.stop().await;
 }
 
 #[tokio::test]
@@ -545,13 +544,15 @@ async fn an_unwritable_audit_log_fails_exchanges_closed() {
         1,
         "STS answered; the credentials were withheld"
     );
-    // A refusal fails closed too: no decision leaves unrecorded.
+    // A refusal keeps its own answer (issue 15: refusals never wait on the
+    // sink, so a failing or slow sink cannot turn them into load).
     let stranger_token = env.token(&stranger());
     let status = env.call(&stranger_token, ROLE_A, 0).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(status.code(), Code::PermissionDenied);
 
     let m = scrape(&env).await;
-    assert_eq!(exchanges(&m, "audit_unavailable", "UNAVAILABLE"), 2.0);
+    assert_eq!(exchanges(&m, "audit_unavailable", "UNAVAILABLE"), 1.0);
+    assert_eq!(exchanges(&m, "permission_denied", "PERMISSION_DENIED"), 1.0);
     assert_eq!(exchanges(&m, "issued", "OK"), 0.0);
     assert_eq!(
         value(
@@ -559,7 +560,7 @@ async fn an_unwritable_audit_log_fails_exchanges_closed() {
             "tokenbridge_audit_records_total",
             &[("result", "failed")]
         ),
-        2.0
+        1.0
     );
     env.stop().await;
 }
@@ -584,4 +585,116 @@ async fn an_audit_file_that_cannot_be_opened_stops_the_start() {
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("started with an audit log it cannot open"),
     }
+}
+
+/// Issue 15, item 5: a flood of garbage tokens against an audit sink whose
+/// reader has stopped (a pipe nobody drains) is answered at once, each
+/// with its own refusal, and an honest caller is still served once the
+/// sink moves: only issued credentials wait for their record. What could
+/// not be recorded one by one is counted in a summary line, so every
+/// refusal is on record either way.
+#[tokio::test]
+async fn a_flood_of_refusals_against_a_stalled_audit_sink_does_not_starve_honest_calls() {
+    use std::io::BufRead as _;
+    const FLOOD: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("audit.pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reader_path = fifo.clone();
+    // The pipe's reader: opened with the server's end, then idle until told.
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&reader_path).unwrap();
+        let _ = go_rx.recv();
+        for line in std::io::BufReader::new(file).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        audit: AuditConfig {
+            sink: AuditSink::File(fifo),
+            gcp_project_id: None,
+        },
+        limits: LimitsConfig {
+            max_concurrent_requests: 32,
+            ..LimitsConfig::unlimited()
+        },
+        ..Options::default()
+    })
+    .await;
+
+    // Sixteen at a time, well within the 32 places: what could run out is
+    // the audit log's room and the callers' patience, not the places.
+    use futures_util::StreamExt as _;
+    let flood = futures_util::stream::iter(0..FLOOD)
+        .map(|_| env.call("not-a-token", ROLE_A, 0))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let refused = within(Duration::from_secs(60), flood).await;
+    for r in refused {
+        let status = r.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{}", status.message());
+    }
+
+    // An honest call waits for its record, which needs the reader.
+    let token = env.token(&workload());
+    let mut client = env.client.clone();
+    let mut request = tonic::Request::new(tokenbridge_proto::v1::GetCredentialsRequest {
+        role_arn: ROLE_A.into(),
+        duration_seconds: 0,
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let honest = tokio::spawn(async move { client.get_credentials(request).await });
+    go_tx.send(()).unwrap();
+    within(Duration::from_secs(60), honest)
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Every refusal is on record: one line each, or counted in a summary.
+    let (mut individually, mut summarised) = (0u64, 0u64);
+    loop {
+        let line = within(Duration::from_secs(60), lines_rx.recv())
+            .await
+            .expect("the audit pipe closed before the issued record");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match v["event"].as_str() {
+            Some("tokenbridge.exchange") if v["decision"] == "allow" => break,
+            Some("tokenbridge.exchange") => {
+                assert_eq!(v["outcome"], "invalid_token", "{v}");
+                individually += 1;
+            }
+            Some("tokenbridge.audit_summary") => {
+                assert_eq!(v["severity"], "WARNING");
+                assert_eq!(v["by_outcome"]["invalid_token"], v["refusals"], "{v}");
+                summarised += v["refusals"].as_u64().unwrap();
+            }
+            other => panic!("unexpected audit line {other:?}: {v}"),
+        }
+    }
+    assert!(
+        summarised > 0,
+        "the pipe never filled: {individually} lines"
+    );
+    assert_eq!(individually + summarised, FLOOD as u64);
+    let metrics = scrape(&env).await;
+    assert!(
+        value(
+            &metrics,
+            "tokenbridge_audit_records_total",
+            &[("result", "summarised")]
+        ) > 0.0
+    );
 }

@@ -11,6 +11,7 @@ use tokenbridge_proto::v1::{
     self as pb, binding_evaluation::Outcome, policy_admin_client::PolicyAdminClient,
 };
 use tokenbridge_server::config::{PolicyAdminConfig, StoreConfig};
+use tokenbridge_server::policy_admin::PolicyAdminLimits;
 use tokenbridge_testing::{FakeSts, FakeStsMode, Issuer, JwksServer, Moto, ServiceAccount};
 
 use tonic::{Code, Request, Status, transport::Channel};
@@ -44,6 +45,8 @@ fn admin_config() -> PolicyAdminConfig {
         audiences: vec![ADMIN_AUDIENCE.into()],
         principals: vec![admin_sa().email],
         tls: false,
+        allow_plaintext: false,
+        limits: PolicyAdminLimits::default(),
     }
 }
 
@@ -77,7 +80,7 @@ impl Admin {
         let url = format!("sqlite://{}", dir.path().join("policy.db").display());
         let env = Env::start_with(Options {
             store: Some(StoreConfig { url, schema: None }),
-            policy_admin: Some(admin_config()),
+            policy_admin: opts.policy_admin.clone().or_else(|| Some(admin_config())),
             ..opts
         })
         .await;
@@ -1308,4 +1311,137 @@ fn a_policy_admin_call_in_flight_at_shutdown_is_drained_not_cut() {
         pool.close().await;
         drop_schema(&schema).await;
     });
+}
+
+/// Issue 15, item 4: the admin listener authenticates a call from its
+/// headers before reading its message, so what an unauthenticated caller
+/// puts there (a 3 MiB binding name) is never decoded or audited; an
+/// authenticated caller's over-long target is cut in the audit line.
+#[tokio::test]
+async fn an_unauthenticated_callers_message_is_never_read_nor_audited() {
+    use tokenbridge_server::observability::audit::{AuditConfig, AuditSink};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.jsonl");
+    let a = Admin::sqlite_with(Options {
+        audit: AuditConfig {
+            sink: AuditSink::File(log.clone()),
+            gcp_project_id: None,
+        },
+        ..Options::default()
+    })
+    .await;
+    let huge = "n".repeat(3 * 1024 * 1024);
+    let refused = a
+        .client
+        .clone()
+        .create_binding(with_token(
+            pb::CreateBindingRequest {
+                binding: Some(binding(&huge, &caller(), ROLE_A)),
+            },
+            "not-a-token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unauthenticated,
+        "{}",
+        refused.message()
+    );
+    let long = "m".repeat(10_000);
+    let invalid = a
+        .create(binding(&long, &caller(), ROLE_A))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        invalid.code(),
+        Code::InvalidArgument,
+        "{}",
+        invalid.message()
+    );
+    a.env.stop().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let admin: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            assert!(l.len() < 2048, "an audit line of {} bytes", l.len());
+            serde_json::from_str::<Value>(l).unwrap()
+        })
+        .filter(|v| v["event"] == "tokenbridge.admin")
+        .collect();
+    assert_eq!(admin.len(), 2, "{text}");
+    assert_eq!(admin[0]["method"], "CreateBinding");
+    assert_eq!(admin[0]["code"], "UNAUTHENTICATED");
+    assert_eq!(admin[0]["target"], "");
+    assert_eq!(admin[1]["code"], "INVALID_ARGUMENT");
+    assert!(
+        admin[1]["target"].as_str().unwrap().ends_with('…'),
+        "{}",
+        admin[1]
+    );
+}
+
+/// Issue 15, item 4: the admin listener has its own per-peer rate limit,
+/// concurrency limit and deadline (a caller that never sends its message
+/// frees its place at the deadline).
+#[tokio::test]
+async fn the_admin_listener_has_its_own_rate_limit_and_deadline() {
+    let a = Admin::sqlite_with(Options {
+        policy_admin: Some(PolicyAdminConfig {
+            limits: PolicyAdminLimits {
+                max_concurrent_requests: 1,
+                request_timeout: Duration::from_millis(500),
+                per_peer: tokenbridge_server::transport::limits::Rate::new(1, 3),
+                ..PolicyAdminLimits::default()
+            },
+            ..admin_config()
+        }),
+        ..Options::default()
+    })
+    .await;
+    let addr = a.env.server.as_ref().unwrap().policy_admin_addr.unwrap();
+    // One authenticated caller holds the only place and never sends its
+    // message: it ends at the deadline.
+    let (_client, streams) = crate::abuse::stalled_streams(
+        addr,
+        "/tokenbridge.v1.PolicyAdmin/ListDenied",
+        &a.token(),
+        1,
+    )
+    .await;
+    for (response, _send) in streams {
+        let response = within(Duration::from_secs(30), response).await.unwrap();
+        let (code, message) = crate::abuse::grpc_status_of(&response);
+        assert_eq!(
+            code,
+            (Code::DeadlineExceeded as i32).to_string(),
+            "{message}"
+        );
+    }
+    // The place is free again; then the peer runs out of its burst.
+    let list = || {
+        let mut client = a.client.clone();
+        let request = a.req(pb::ListDeniedRequest {});
+        async move { client.list_denied(request).await }
+    };
+    list().await.unwrap();
+    let mut limited = None;
+    for _ in 0..20 {
+        if let Err(status) = list().await {
+            limited = Some(status);
+            break;
+        }
+    }
+    let limited = limited.expect("the peer's burst of 3 at 1/s ran out within 20 calls");
+    assert_eq!(
+        limited.code(),
+        Code::ResourceExhausted,
+        "{}",
+        limited.message()
+    );
+    assert!(
+        limited.message().contains("requests from this address"),
+        "{}",
+        limited.message()
+    );
 }

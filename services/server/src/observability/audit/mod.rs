@@ -50,6 +50,18 @@
 //! size limits, [`crate::Error::is_flood_control`]) are counted in metrics,
 //! not audited. Every other call is: issued, refused (bad token, no binding,
 //! bad argument, STS refusal) or failed (an upstream unavailable).
+//!
+//! **Refusals never wait for the sink** (issue 15): only issued credentials
+//! are fail-closed on their record. A refused or failed call's record is
+//! written at once when the sink takes it without blocking; otherwise it is
+//! queued for the blocking thread without anyone waiting on it, at most
+//! [`REFUSAL_QUEUE`] of them. Beyond that, while the sink is behind,
+//! refusals are only counted by `outcome`, and the next round of the
+//! blocking thread writes one `tokenbridge.audit_summary` line with the
+//! counts before anything else (`tokenbridge_audit_records_total{result=
+//! "summarised"}` counts them too). So a flood of garbage tokens against a
+//! slow sink takes neither the queue room nor the concurrency permits that
+//! honest calls need, and its size is still on record.
 
 use std::{fs::File, io::Write, path::PathBuf, sync::Arc, time::Duration};
 
@@ -85,6 +97,9 @@ pub struct Facts {
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Records waiting for the blocking thread at most; more fail closed.
 pub const QUEUE: usize = 4096;
+/// Refusals waiting for the blocking thread at most (part of [`QUEUE`]);
+/// more are counted and summarised.
+pub const REFUSAL_QUEUE: usize = 256;
 
 /// Where audit records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,10 +144,11 @@ pub enum AuditError {
     },
 }
 
-/// A record waiting for the blocking thread, and who waits for it.
+/// A record waiting for the blocking thread, and who waits for it (no one,
+/// for a refusal).
 struct Pending {
     line: Vec<u8>,
-    written: oneshot::Sender<bool>,
+    written: Option<oneshot::Sender<bool>>,
 }
 
 /// The writer's state, shared by the calling tasks and the blocking thread.
@@ -152,6 +168,13 @@ struct WriterState {
     /// The blocking thread stopped with the sink (it panicked): nothing
     /// more can be written.
     lost: bool,
+    /// Refusals in `pending`.
+    refusals_pending: usize,
+    /// Refusals at most in `pending`.
+    refusal_queue: usize,
+    /// Refusals not queued (the sink was behind), by outcome: the next
+    /// round writes them as one summary line.
+    summarised: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// The audit log: writes records (or has them written) and says whether
@@ -222,6 +245,9 @@ impl AuditLog {
                 pending: Vec::new(),
                 failing: false,
                 lost: false,
+                refusals_pending: 0,
+                refusal_queue: REFUSAL_QUEUE,
+                summarised: std::collections::BTreeMap::new(),
             }),
             metrics: metrics.clone(),
         });
@@ -240,16 +266,62 @@ impl AuditLog {
         self
     }
 
-    /// Writes `entry`; true once it is written, false if it could not be
-    /// (the caller must then fail closed).
-    pub async fn write(&self, entry: &Entry<'_>) -> bool {
-        self.write_line(entry.to_line(self.gcp_project_id.as_deref()))
-            .await
+    /// Queues at most `limit` refusals for the blocking thread rather than
+    /// [`REFUSAL_QUEUE`].
+    pub fn with_refusal_queue(self, limit: usize) -> Self {
+        self.writer.lock().refusal_queue = limit.min(QUEUE);
+        self
     }
 
-    /// Writes one policy admin call's record; `true` once it is written.
+    /// Writes `entry`. Issued credentials: true once the record is written,
+    /// false if it could not be (the caller must then fail closed). A
+    /// refusal is written, queued or summarised without waiting (see the
+    /// module's documentation), and this is true unless the sink is
+    /// failing.
+    pub async fn write(&self, entry: &Entry<'_>) -> bool {
+        let line = entry.to_line(self.gcp_project_id.as_deref());
+        if entry.decision == Decision::Allow {
+            return self.write_line(line).await;
+        }
+        self.write_unwaited(line, entry.outcome)
+    }
+
+    /// Waits until every record handed in before this call is written (or
+    /// has failed): on shutdown, for the refusals no call waited for.
+    pub async fn flush(&self) {
+        if let Written::Later(done) = self.writer.write(Vec::new()) {
+            let _ = tokio::time::timeout(self.ack_timeout, done).await;
+        }
+    }
+
+    /// Writes one policy admin call's record; `true` once it is written. A
+    /// refused call's record is written like an exchange refusal's (no
+    /// waiting; queued or summarised when the sink is behind).
     pub async fn write_admin(&self, entry: &AdminEntry<'_>) -> bool {
-        self.write_line(entry.to_line()).await
+        let line = entry.to_line();
+        if entry.code == "OK" {
+            return self.write_line(line).await;
+        }
+        self.write_unwaited(line, "admin_refused")
+    }
+
+    fn write_unwaited(
+        &self,
+        line: Result<Vec<u8>, serde_json::Error>,
+        outcome: &'static str,
+    ) -> bool {
+        match line {
+            Ok(line) => {
+                let result = self.writer.write_refusal(line, outcome);
+                self.metrics.audit_record(result);
+                result != "failed"
+            }
+            Err(e) => {
+                error!(error = %e, "cannot serialise an audit record");
+                self.metrics.audit_record("failed");
+                false
+            }
+        }
     }
 
     async fn write_line(&self, line: Result<Vec<u8>, serde_json::Error>) -> bool {
@@ -266,7 +338,8 @@ impl AuditLog {
                 false
             }
         };
-        self.metrics.audit_record(written);
+        self.metrics
+            .audit_record(if written { "written" } else { "failed" });
         written
     }
 }
@@ -285,11 +358,65 @@ impl Writer {
 
     /// Writes `line` now if that cannot block, else queues it for the
     /// blocking thread (started if it is not running).
-    fn write(self: &Arc<Self>, mut line: Vec<u8>) -> Written {
+    fn write(self: &Arc<Self>, line: Vec<u8>) -> Written {
         let mut guard = self.lock();
         let state = &mut *guard;
-        if state.lost {
+        let line = match self.write_inline(state, line) {
+            Ok(Some(line)) => line,
+            Ok(None) => return Written::Now(true),
+            Err(()) => return Written::Now(false),
+        };
+        if state.pending.len() >= QUEUE {
             return Written::Now(false);
+        }
+        let (written, confirmed) = oneshot::channel();
+        self.queue(
+            state,
+            Pending {
+                line,
+                written: Some(written),
+            },
+        );
+        Written::Later(confirmed)
+    }
+
+    /// A refusal's record: written now if that cannot block, else queued
+    /// (no one waits for it) while fewer than `refusal_queue` are, else
+    /// counted for the next summary line. `written`, `queued`,
+    /// `summarised` or `failed`.
+    fn write_refusal(self: &Arc<Self>, line: Vec<u8>, outcome: &'static str) -> &'static str {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let line = match self.write_inline(state, line) {
+            Ok(Some(line)) => line,
+            Ok(None) => return "written",
+            Err(()) => return "failed",
+        };
+        if state.refusals_pending >= state.refusal_queue || state.pending.len() >= QUEUE {
+            *state.summarised.entry(outcome).or_default() += 1;
+            return "summarised";
+        }
+        state.refusals_pending += 1;
+        self.queue(
+            state,
+            Pending {
+                line,
+                written: None,
+            },
+        );
+        "queued"
+    }
+
+    /// Writes `line` now if that cannot block: `Ok(None)` when it is all
+    /// written, `Ok(Some(rest))` with what must be queued, `Err` when the
+    /// sink failed or is lost.
+    fn write_inline(
+        &self,
+        state: &mut WriterState,
+        mut line: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, ()> {
+        if state.lost {
+            return Err(());
         }
         let taken = match state.sink.as_mut() {
             // The blocking thread has the sink: queue up behind it.
@@ -303,7 +430,7 @@ impl Writer {
                     Ok(n) if n == line.len() => {
                         self.metrics.audit_write("inline");
                         state.writable_again();
-                        return Written::Now(true);
+                        return Ok(None);
                     }
                     Ok(0) => {
                         // The blocking thread starts on a new line itself.
@@ -319,22 +446,23 @@ impl Writer {
                     }
                     Err(e) => {
                         state.failed(&e);
-                        return Written::Now(false);
+                        return Err(());
                     }
                 }
             }
         };
-        if state.pending.len() >= QUEUE {
-            return Written::Now(false);
-        }
-        let (written, confirmed) = oneshot::channel();
         line.drain(..taken);
-        state.pending.push(Pending { line, written });
+        Ok(Some(line))
+    }
+
+    /// Queues `pending` for the blocking thread, and starts it if it does
+    /// not have the sink.
+    fn queue(self: &Arc<Self>, state: &mut WriterState, pending: Pending) {
+        state.pending.push(pending);
         if let Some(sink) = state.sink.take() {
             let writer = self.clone();
             tokio::task::spawn_blocking(move || writer.drain(sink));
         }
-        Written::Later(confirmed)
     }
 
     /// On the blocking thread: writes what has queued up, round after
@@ -366,6 +494,14 @@ impl Writer {
                 if state.failing {
                     buf.push(b'\n');
                 }
+                if !state.summarised.is_empty() {
+                    let counts = std::mem::take(&mut state.summarised);
+                    match record::summary_line(&counts) {
+                        Ok(line) => buf.extend_from_slice(&line),
+                        Err(e) => error!(error = %e, "cannot serialise an audit summary"),
+                    }
+                }
+                state.refusals_pending = 0;
                 std::mem::take(&mut state.pending)
             };
             for pending in &batch {
@@ -382,7 +518,14 @@ impl Writer {
             }
             let ok = written.is_ok();
             for pending in batch {
-                let _ = pending.written.send(ok);
+                match pending.written {
+                    Some(written) => {
+                        let _ = written.send(ok);
+                    }
+                    // A queued refusal the sink did not take.
+                    None if !ok && !pending.line.is_empty() => self.metrics.audit_record("lost"),
+                    None => {}
+                }
             }
         }
     }
@@ -575,7 +718,7 @@ mod tests {
     async fn an_unwritable_sink_is_reported_and_a_writable_one_confirmed() {
         let facts = Facts::default();
         let entry = Entry {
-            decision: Decision::Deny,
+            decision: Decision::Allow,
             code: "UNAUTHENTICATED",
             outcome: "invalid_token",
             reason: "token expired",
@@ -623,12 +766,13 @@ mod tests {
         );
     }
 
-    fn denied_entry(facts: &Facts) -> Entry<'_> {
+    /// An issued call's entry: the record a call waits for.
+    fn issued_entry(facts: &Facts) -> Entry<'_> {
         Entry {
-            decision: Decision::Deny,
-            code: "PERMISSION_DENIED",
-            outcome: "permission_denied",
-            reason: "no binding grants any role",
+            decision: Decision::Allow,
+            code: "OK",
+            outcome: "issued",
+            reason: "credentials issued",
             requested_role_arn: "",
             requested_duration_seconds: 0,
             facts,
@@ -670,7 +814,7 @@ mod tests {
         let log = AuditLog::with_sink(sink, None, metrics.clone())
             .with_ack_timeout(Duration::from_millis(200));
         let facts = facts();
-        let entry = denied_entry(&facts);
+        let entry = issued_entry(&facts);
 
         // Room in the pipe: written by the calling task, no thread hand-off.
         for _ in 0..3 {
@@ -716,7 +860,7 @@ mod tests {
         // Every confirmed record is there; the refused one may be too
         // (written, but confirmed too late), never fewer.
         assert!(lines.len() >= confirmed, "{} < {confirmed}", lines.len());
-        assert!(lines.iter().all(|l| l["decision"] == "deny"));
+        assert!(lines.iter().all(|l| l["decision"] == "allow"));
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -729,7 +873,7 @@ mod tests {
         let log = AuditLog::with_sink(sink, None, metrics.clone());
         let facts = facts();
         for _ in 0..5 {
-            assert!(log.write(&denied_entry(&facts)).await);
+            assert!(log.write(&issued_entry(&facts)).await);
         }
         assert_eq!(writes(&metrics, "inline"), 5);
         drop(log);
@@ -757,7 +901,7 @@ mod tests {
         )
         .unwrap();
         let facts = facts();
-        assert!(log.write(&denied_entry(&facts)).await);
+        assert!(log.write(&issued_entry(&facts)).await);
         assert_eq!(writes(&metrics, "blocking"), 1);
         assert_eq!(writes(&metrics, "inline"), 0);
         assert_eq!(lines_of(&std::fs::read(&path).unwrap()).len(), 1);
@@ -806,5 +950,78 @@ mod tests {
         // Queued behind the stalled write: not confirmed either.
         assert!(!log.write(&entry).await);
         drop(release);
+    }
+
+    /// A writer that blocks until the gate opens, then keeps what it is
+    /// given.
+    struct Gated {
+        gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+        out: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gated {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = self.gate.lock().unwrap().recv();
+            self.out.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn refusals_never_wait_for_a_stalled_sink_and_are_counted_when_they_cannot_queue() {
+        let (open, gate) = std::sync::mpsc::channel::<()>();
+        let out = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let metrics = Metrics::prometheus().unwrap();
+        let log = AuditLog::with_writer(
+            Box::new(Gated {
+                gate: std::sync::Mutex::new(gate),
+                out: out.clone(),
+            }),
+            None,
+            metrics.clone(),
+        )
+        // Long enough that a refusal waiting for it would stall the test.
+        .with_ack_timeout(Duration::from_secs(3600))
+        .with_refusal_queue(2);
+        let facts = Facts::default();
+        let refusal = Entry {
+            decision: Decision::Deny,
+            code: "UNAUTHENTICATED",
+            outcome: "invalid_token",
+            reason: "token expired",
+            requested_role_arn: "",
+            requested_duration_seconds: 0,
+            facts: &facts,
+            credentials: None,
+            peer: None,
+            trace: None,
+            elapsed: Duration::ZERO,
+        };
+        // The sink does not move, and every refusal returns at once.
+        for _ in 0..10 {
+            assert!(log.write(&refusal).await);
+        }
+        let encoded = metrics.encode();
+        assert!(encoded.contains("result=\"summarised\""), "{encoded}");
+        drop(open);
+        log.flush().await;
+        let all = out.lock().unwrap().clone();
+        let lines = lines_of(&all);
+        let individually = lines
+            .iter()
+            .filter(|l| l["event"] == "tokenbridge.exchange")
+            .count() as u64;
+        let summary: Vec<_> = lines
+            .iter()
+            .filter(|l| l["event"] == "tokenbridge.audit_summary")
+            .collect();
+        assert_eq!(summary.len(), 1, "{lines:?}");
+        let summarised = summary[0]["refusals"].as_u64().unwrap();
+        assert!(summarised >= 6, "{lines:?}");
+        assert_eq!(summary[0]["by_outcome"]["invalid_token"], summarised);
+        assert_eq!(individually + summarised, 10);
     }
 }

@@ -279,3 +279,38 @@ impl AdminEntry<'_> {
         Ok(line)
     }
 }
+
+/// The line that stands for refusals not recorded one by one while the
+/// sink was behind: how many, by outcome.
+#[derive(Serialize)]
+struct SummaryRecord<'a> {
+    time: String,
+    severity: &'static str,
+    message: String,
+    #[serde(rename = "logging.googleapis.com/labels")]
+    labels: &'static Labels,
+    event: &'static str,
+    refusals: u64,
+    by_outcome: &'a std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// The `tokenbridge.audit_summary` line for `counts` (by outcome).
+pub(super) fn summary_line(
+    counts: &std::collections::BTreeMap<&'static str, u64>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let refusals = counts.values().sum();
+    let record = SummaryRecord {
+        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        severity: "WARNING",
+        message: format!(
+            "{refusals} refused calls were counted, not recorded one by one: the audit sink was behind"
+        ),
+        labels: &LABELS,
+        event: "tokenbridge.audit_summary",
+        refusals,
+        by_outcome: counts,
+    };
+    let mut line = serde_json::to_vec(&record)?;
+    line.push(b'\n');
+    Ok(line)
+}
