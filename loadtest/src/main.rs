@@ -47,6 +47,8 @@ use tonic_health::pb::{
 };
 
 const AUDIENCE: &str = "https://tokenbridge.loadtest";
+/// Distinct tokens per identity with `--fresh-tokens`.
+const FRESH_TOKENS: usize = 8;
 const ROLE: &str = "arn:aws:iam::123456789012:role/LoadTest";
 /// How late a fixed-rate request may be released before its latency counts
 /// from its intended send time (the timer's granularity, with room).
@@ -105,6 +107,15 @@ struct RunArgs {
     /// Distinct service accounts (one binding and one token each).
     #[arg(long, default_value_t = 1000)]
     identities: usize,
+    /// Fresh tokens, as a fleet whose metadata server mints one per request
+    /// sends them: tokenbridge's verified-token cache is turned off
+    /// (`google.verified_token_cache_entries = 0`), so every request pays
+    /// the RS256 signature check, and each identity has a pool of
+    /// `FRESH_TOKENS` distinct tokens used in turn (different `iat`), so no
+    /// header is the same twice in a row (HPACK cannot shortcut them
+    /// either). The null service gets the same tokens.
+    #[arg(long)]
+    fresh_tokens: bool,
     /// What to measure.
     #[arg(long, value_enum, default_value = "both")]
     target: Target,
@@ -296,7 +307,10 @@ fn main() -> ExitCode {
 async fn run(args: RunArgs) -> Result<(), String> {
     let mut results = Vec::new();
     let issuer = Issuer::new();
-    eprintln!("minting {} tokens…", args.identities);
+    eprintln!(
+        "minting {} tokens…",
+        args.identities * if args.fresh_tokens { FRESH_TOKENS } else { 1 }
+    );
     let accounts: Vec<ServiceAccount> = (0..args.identities)
         .map(|i| {
             ServiceAccount::new(
@@ -305,11 +319,20 @@ async fn run(args: RunArgs) -> Result<(), String> {
             )
         })
         .collect();
+    // Laid out pool-major: request n uses identity n % identities, and the
+    // pool's tokens in turn as n grows.
+    let per_identity = if args.fresh_tokens { FRESH_TOKENS } else { 1 };
     let tokens: Arc<Vec<MetadataValue<Ascii>>> = Arc::new(
-        accounts
-            .iter()
-            .map(|sa| {
-                format!("Bearer {}", issuer.token(sa, AUDIENCE))
+        (0..per_identity)
+            .flat_map(|k| accounts.iter().map(move |sa| (k, sa)))
+            .map(|(k, sa)| {
+                let mut claims = issuer.claims(sa, AUDIENCE, true);
+                if k > 0 {
+                    let iat = claims["iat"].as_u64().unwrap_or_default() - k as u64;
+                    claims.insert("iat".into(), iat.into());
+                    claims.insert("exp".into(), (iat + 3600).into());
+                }
+                format!("Bearer {}", issuer.sign(&claims))
                     .parse()
                     .map_err(|_| "token is not ASCII".to_string())
             })
@@ -465,6 +488,7 @@ async fn env(server_bin: PathBuf) -> Result<(), String> {
         connections: 1,
         concurrency: 1,
         identities: 1,
+        fresh_tokens: false,
         target: Target::Tokenbridge,
         sts: StsKind::Moto,
         json: None,
@@ -547,11 +571,16 @@ async fn start_server(
     let addr = format!("127.0.0.1:{}", free_port()?);
     let admin_addr = format!("127.0.0.1:{}", free_port()?);
     let config = dir.join("config.toml");
+    let fresh = if args.fresh_tokens {
+        "verified_token_cache_entries = 0\n"
+    } else {
+        ""
+    };
     std::fs::write(dir.join("policy.toml"), policy(accounts)).map_err(|e| e.to_string())?;
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n\n\
+            "[server]\nlisten = \"{addr}\"\n\n[google]\naudiences = [\"{AUDIENCE}\"]\njwks_uri = \"{jwks_uri}\"\n{fresh}\n\
              [aws]\nregion = \"us-east-1\"\nsts_endpoint = \"{sts_endpoint}\"\n\n[policy]\nfile = \"policy.toml\"\n\n\
              [admin]\nlisten = \"{admin_addr}\"\n\n{audit}"
         ),

@@ -77,3 +77,42 @@ fn smoke_run_reports_both_targets_with_one_sts_call_per_identity() {
     assert!(writes.get("inline").is_none(), "{tb}");
     assert!(report["throughput_ratio"].as_f64().unwrap() > 0.0);
 }
+
+/// `--fresh-tokens`: a pool of distinct tokens per identity and the
+/// verified-token cache off; every request answered, STS still called once
+/// per identity (the credentials cache is keyed by identity, not token).
+#[test]
+fn fresh_tokens_run_answers_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tokenbridge-loadtest"))
+        .args([
+            "run",
+            "--target",
+            "tokenbridge",
+            "--fresh-tokens",
+            "--duration",
+            "500ms",
+            "--identities",
+            "5",
+            "--connections",
+            "1",
+            "--concurrency",
+            "4",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("minting 40 tokens"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["args"]["fresh_tokens"], true);
+    let tb = &report["results"][0];
+    assert_eq!(tb["target"], "tokenbridge");
+    assert!(tb["requests"].as_u64().unwrap() > 0, "{tb}");
+    assert_eq!(tb["errors"], serde_json::json!({}), "{tb}");
+    assert_eq!(tb["sts_calls"], 5, "{tb}");
+}

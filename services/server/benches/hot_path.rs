@@ -1,6 +1,8 @@
 //! Criterion benches of the exchange's hot path: token verification (RSA
 //! and the verified-token cache), policy lookup at 10 and 100,000 bindings,
-//! and a credentials cache hit. `BENCHMARKS.md` puts them beside the
+//! a credentials cache hit, and the whole decision on a cache hit (issue 16:
+//! verification with a warm key set, policy, cache lookup and the audit
+//! record's serialisation), with the token seen before and fresh. `BENCHMARKS.md` puts them beside the
 //! machine's raw RSA-2048 verify rate (`openssl speed -seconds 3 rsa2048`).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -150,5 +152,74 @@ fn cache_hit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verification, policy_lookup, cache_hit);
+/// The whole decision of a cache-hit exchange, as the gRPC handler runs it
+/// minus the transport: `Exchange::exchange_recorded` (verify, policy,
+/// cache) and the audit record's JSON line. `reused_token`: the
+/// verified-token cache answers; `fresh_token`: it is off, so RS256 runs
+/// every time (a fleet whose metadata server mints a token per request).
+fn whole_decision(c: &mut Criterion) {
+    use tokenbridge_server::{
+        exchange::{Exchange, ExchangeRequest},
+        observability::audit::{Decision, Entry, Facts},
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let issuer = Issuer::new();
+    let server = rt.block_on(JwksServer::start(issuer.clone(), 3600));
+    let sub = (100_000_000_000_000_000_000u128 + 5).to_string();
+    let token = issuer.token(
+        &ServiceAccount::new(&sub, "b@p.iam.gserviceaccount.com"),
+        AUDIENCE,
+    );
+    let mut group = c.benchmark_group("whole_decision_cache_hit");
+    for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
+        let jwks = Arc::new(
+            Jwks::new(server.uri(), Duration::from_secs(2), Duration::from_secs(30)).unwrap(),
+        );
+        assert!(rt.block_on(jwks.prefetch()));
+        let verifier = Arc::new(Verifier::new(&google(server.uri(), entries), jwks));
+        let cache = CredentialCache::new(
+            Arc::new(StaticSts),
+            CacheConfig::default(),
+            Arc::new(SystemClock),
+        );
+        let exchange = Exchange::new(verifier, policy_of(10), cache);
+        let req = ExchangeRequest {
+            role_arn: ROLE.into(),
+            duration_seconds: 0,
+        };
+        let decide = || async {
+            let mut facts = Facts::default();
+            let issued = exchange
+                .exchange_recorded(Secret::new(black_box(token.clone())), &req, &mut facts)
+                .await
+                .unwrap();
+            let entry = Entry {
+                decision: Decision::Allow,
+                code: "OK",
+                outcome: "issued",
+                reason: "credentials issued",
+                requested_role_arn: &req.role_arn,
+                requested_duration_seconds: req.duration_seconds,
+                facts: &facts,
+                credentials: Some(&issued.credentials),
+                peer: None,
+                trace: None,
+                elapsed: Duration::ZERO,
+            };
+            black_box(entry.to_line(None).unwrap())
+        };
+        // Warm: the credentials are cached.
+        rt.block_on(decide());
+        group.bench_function(name, |b| b.to_async(&rt).iter(decide));
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    verification,
+    policy_lookup,
+    cache_hit,
+    whole_decision
+);
 criterion_main!(benches);

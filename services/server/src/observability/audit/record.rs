@@ -148,8 +148,8 @@ pub(super) struct Record<'a> {
 }
 
 impl Entry<'_> {
-    /// The JSON line, newline included.
-    pub(super) fn to_line(
+    /// The JSON line, newline included (public for the hot-path bench).
+    pub fn to_line(
         &self,
         gcp_project_id: Option<&str>,
     ) -> Result<Vec<u8>, serde_json::Error> {
