@@ -294,7 +294,7 @@ impl AuditLog {
         if entry.decision == Decision::Allow {
             return self.write_line(line).await;
         }
-        written
+        self.write_unwaited(line, entry.outcome)
     }
 
     /// Waits until every record handed in before this call is written (or
@@ -505,6 +505,15 @@ impl Writer {
                     } else if new_line {
                         buf.remove(0);
                     }
+                    buf.drain(..n);
+                    state.pending.insert(0, Pending::merged(buf, batch));
+                    break;
+                }
+                Err(e) => {
+                    state.failed(&e);
+                    drop(state);
+                    self.confirm(batch, false);
+                    state = self.lock();
                 }
             }
         }
@@ -531,15 +540,6 @@ impl Writer {
             }
         }
     }
-                    buf.drain(..n);
-                    state.pending.insert(0, Pending::merged(buf, batch));
-                    break;
-                }
-                Err(e) => {
-                    state.failed(&e);
-                    drop(state);
-                    self.confirm(batch, false);
-                    state = self.lock();
 
     /// On the blocking thread: writes what has queued up, round after
     /// round, then hands the sink back.
@@ -605,22 +605,6 @@ impl Pending {
             unwaited: 0,
         }
     }
-}
-
-impl WriterState {
-    fn failed(&mut self, e: &std::io::Error) {
-        if !self.failing {
-            error!(error = %e, "cannot write the audit log: exchanges fail closed (UNAVAILABLE) until it can be written");
-            self.failing = true;
-        }
-    }
-
-    fn writable_again(&mut self) {
-        if self.failing {
-            info!("the audit log is writable again; exchanges resume");
-            self.failing = false;
-        }
-    }
 
     fn unwaited(line: Vec<u8>) -> Self {
         Self {
@@ -643,13 +627,13 @@ impl WriterState {
     }
 }
 
-/// Where the writer puts records.
-enum Sink {
-    /// An open file: stdout, stderr or the configured file, with what it is.
-    File(File, FileKind),
-    /// Any other writer (tests): always written on a blocking thread.
-    Writer(Box<dyn Write + Send>),
-}
+impl WriterState {
+    fn failed(&mut self, e: &std::io::Error) {
+        if !self.failing {
+            error!(error = %e, "cannot write the audit log: exchanges fail closed (UNAVAILABLE) until it can be written");
+            self.failing = true;
+        }
+    }
 
     /// Takes what is queued as one batch: its bytes (a new line first if
     /// the last write failed, then the summary of refusals only counted,
@@ -673,6 +657,22 @@ enum Sink {
         }
         (buf, batch)
     }
+
+    fn writable_again(&mut self) {
+        if self.failing {
+            info!("the audit log is writable again; exchanges resume");
+            self.failing = false;
+        }
+    }
+}
+
+/// Where the writer puts records.
+enum Sink {
+    /// An open file: stdout, stderr or the configured file, with what it is.
+    File(File, FileKind),
+    /// Any other writer (tests): always written on a blocking thread.
+    Writer(Box<dyn Write + Send>),
+}
 
 /// What kind of file a sink is, which decides whether it can be written
 /// without blocking.
@@ -1143,7 +1143,6 @@ mod tests {
         assert_eq!(summary[0]["by_outcome"]["invalid_token"], summarised);
         assert_eq!(individually + summarised, 10);
     }
-}
 
     /// Group commit: records that arrive while a leader holds the sink are
     /// written by it as one batch (one `write`), in order, and everyone in
@@ -1182,3 +1181,4 @@ mod tests {
         reader.read_to_string(&mut all).unwrap();
         assert_eq!(all, "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n");
     }
+}
