@@ -159,6 +159,22 @@ enum Command {
     Allow { service_account: String },
     /// The deny list.
     Denied,
+    /// Drop the cached credentials of a service account, of a role, or of
+    /// the pair: with the policy store on every replica (each within about
+    /// a second), with a policy file on the one that answers. Nothing is
+    /// revoked at AWS: pair it with the role's "Revoke active sessions"
+    /// (runbook: "A leaked session").
+    Revoke {
+        /// The service account's unique ID (an email is refused: the cache
+        /// is keyed by the token's `sub`).
+        #[arg(long, required_unless_present = "role_arn")]
+        service_account: Option<String>,
+        /// The role ARN (with --service-account: only that pair).
+        #[arg(long)]
+        role_arn: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Print the IAM trust policy the roles of a binding need.
     TrustPolicy {
         /// The binding (read from the service, or from --file).
@@ -636,6 +652,59 @@ async fn run(cli: Cli) -> Result<u8> {
             match out {
                 Output::Json => print_json(&json!({ "allowed": service_account })),
                 Output::Table => println!("{service_account} is off the deny list"),
+            }
+        }
+        Command::Revoke {
+            service_account,
+            role_arn,
+            reason,
+        } => {
+            let r = admin
+                .client
+                .revoke_cached_credentials(admin.request(pb::RevokeCachedCredentialsRequest {
+                    service_account: service_account.unwrap_or_default(),
+                    role_arn: role_arn.unwrap_or_default(),
+                    reason,
+                }))
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => print_json(&json!({
+                    "service_account": r.service_account,
+                    "role_arn": r.role_arn,
+                    "revoked_at": time_text(r.revoked_at.as_ref()),
+                    "revision": r.revision,
+                    "dropped_here": r.dropped_here,
+                    "every_replica": r.every_replica,
+                    "actor": r.actor,
+                    "reason": r.reason,
+                })),
+                Output::Table => {
+                    let what = match (r.service_account.as_str(), r.role_arn.as_str()) {
+                        (sa, "") => format!("of service account {sa}"),
+                        ("", role) => format!("for role {role}"),
+                        (sa, role) => format!("of service account {sa} for role {role}"),
+                    };
+                    println!(
+                        "revoked cached credentials {what} at {} (revision {})",
+                        time_text(r.revoked_at.as_ref()),
+                        r.revision
+                    );
+                    if r.every_replica {
+                        println!(
+                            "every replica: each drops them once it loads revision {} (about a \
+                             second); {} dropped on the replica that answered",
+                            r.revision, r.dropped_here
+                        );
+                    } else {
+                        println!(
+                            "this replica only: the policy comes from a file, so there is no \
+                             store to reach the others; run this against every replica ({} \
+                             dropped here)",
+                            r.dropped_here
+                        );
+                    }
+                }
             }
         }
         Command::Denied => {

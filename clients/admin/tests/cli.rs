@@ -443,6 +443,96 @@ async fn bad_files_tokens_and_trust_policies_get_clear_answers() {
     env.stop().await;
 }
 
+/// The access key id the exchange hands `sa` for `role`.
+async fn exchange_key(env: &Env, sa: &ServiceAccount, role: &str) -> String {
+    use tokenbridge_proto::v1::{
+        GetCredentialsRequest, token_exchange_client::TokenExchangeClient,
+    };
+    let addr = env.server.as_ref().unwrap().addr;
+    let mut client = TokenExchangeClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(GetCredentialsRequest {
+        role_arn: role.into(),
+        duration_seconds: 0,
+    });
+    let bearer = format!("Bearer {}", env.issuer.token(sa, AUDIENCE));
+    req.metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    client
+        .get_credentials(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .access_key_id
+}
+
+#[tokio::test]
+async fn revoke_drops_cached_credentials_and_says_where() {
+    let env = Env::start().await;
+    let file = env.write("policy.toml", &policy_file());
+    assert_exit(&env.run(&["apply", "-f", file.to_str().unwrap()]).await, 0);
+    let sub = workload().unique_id;
+    let first = exchange_key(&env, &workload(), ROLE_A).await;
+    assert_eq!(exchange_key(&env, &workload(), ROLE_A).await, first);
+
+    // By service account: the table says what and where.
+    let revoked = env
+        .run(&["revoke", "--service-account", &sub, "--reason", "INC-42"])
+        .await;
+    assert_exit(&revoked, 0);
+    let out = stdout(&revoked);
+    assert!(out.contains(&format!("of service account {sub}")), "{out}");
+    assert!(out.contains("every replica"), "{out}");
+    assert!(
+        out.contains("1 dropped on the replica that answered"),
+        "{out}"
+    );
+    let second = exchange_key(&env, &workload(), ROLE_A).await;
+    assert_ne!(second, first);
+
+    // By role, for scripts.
+    let revoked = env
+        .run(&["revoke", "--role-arn", ROLE_A, "-o", "json"])
+        .await;
+    assert_exit(&revoked, 0);
+    let v: Value = serde_json::from_str(&stdout(&revoked)).unwrap();
+    assert_eq!(v["role_arn"], ROLE_A);
+    assert_eq!(v["service_account"], "");
+    assert_eq!(v["every_replica"], true);
+    assert_eq!(v["dropped_here"], 1);
+    assert_eq!(v["actor"], admin().email);
+    assert_ne!(exchange_key(&env, &workload(), ROLE_A).await, second);
+
+    // An email is refused by the service; neither is a usage error.
+    let email = env
+        .run(&["revoke", "--service-account", &workload().email])
+        .await;
+    assert_exit(&email, 1);
+    assert!(
+        stderr(&email).contains("INVALID_ARGUMENT"),
+        "{}",
+        stderr(&email)
+    );
+    assert!(stderr(&email).contains("unique ID"), "{}", stderr(&email));
+    let neither = env.run(&["revoke", "--reason", "x"]).await;
+    assert_exit(&neither, 2);
+
+    // The audit trail has both.
+    let audit = env.run(&["audit", "-o", "json"]).await;
+    let entries: Value = serde_json::from_str(&stdout(&audit)).unwrap();
+    let revocations: Vec<&Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "credentials.revoke")
+        .collect();
+    assert_eq!(revocations.len(), 2, "{entries}");
+    assert_eq!(revocations[1]["target"], sub.as_str());
+    assert_eq!(revocations[1]["after"]["reason"], "INC-42");
+    env.stop().await;
+}
+
 fn admin_local(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_tokenbridge-admin"))
         .args(args)

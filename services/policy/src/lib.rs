@@ -12,6 +12,8 @@
 //! * [`session`]: issuer mode's session tags and source identity.
 //! * [`snapshot`]: the decision structure ([`PolicySnapshot`]): decide and
 //!   explain.
+//! * [`revocation`]: revocations of cached credentials ([`Revocations`]):
+//!   which credentials a replica's cache must stop handing out.
 //! * [`trust`]: IAM trust policies for bindings, and their linter.
 //! * [`wire`]: conversions to and from the `tokenbridge.v1` messages.
 
@@ -22,6 +24,7 @@ pub mod caller;
 pub mod conditions;
 pub mod diag;
 pub mod file;
+pub mod revocation;
 pub mod rules;
 pub mod session;
 pub mod snapshot;
@@ -31,6 +34,7 @@ pub mod wire;
 pub use binding::{Binding, Conditions, FieldError, SessionScope, Violation, validate_set};
 pub use caller::{Caller, ComputeEngine};
 pub use diag::Problem;
+pub use revocation::{Revocation, Revocations};
 pub use session::{ExpandedSession, SessionError, SessionIdentity};
 pub use snapshot::{
     Decision, DurationRefusal, Evaluation, Explanation, Grant, Outcome, PolicySnapshot, Refusal,

@@ -1,7 +1,8 @@
 //! The decision snapshot: bindings indexed by service account, compiled
-//! conditions and the deny list, built once per policy revision and swapped
-//! whole. `decide` is the exchange's hot path; `explain` evaluates every
-//! binding for the admin `Explain` call.
+//! conditions, the deny list and the store's revocations of cached
+//! credentials, built once per policy revision and swapped whole. `decide`
+//! is the exchange's hot path; `explain` evaluates every binding for the
+//! admin `Explain` call.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -17,6 +18,7 @@ use crate::{
     conditions::CompiledConditions,
     diag::Problem,
     file,
+    revocation::Revocations,
     rules::DEFAULT_MAX_DURATION_SECONDS,
     rules::{ServiceAccountRef, classify_service_account},
 };
@@ -231,6 +233,7 @@ pub struct PolicySnapshot {
     by_email: HashMap<String, Grants>,
     bindings: BTreeMap<String, Arc<Compiled>>,
     denied: HashSet<String>,
+    revocations: Revocations,
 }
 
 impl PolicySnapshot {
@@ -320,6 +323,18 @@ impl PolicySnapshot {
     /// [`load`](Self::load) from text; `path` names the source in problems.
     pub fn from_toml_str(src: &str, path: &Path) -> Result<Self, Vec<Problem>> {
         Self::build(0, file::from_toml_str(src, path)?, [], path)
+    }
+
+    /// This snapshot carrying the policy store's revocations of cached
+    /// credentials (the exchange hands them to its credential cache).
+    pub fn with_revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = revocations;
+        self
+    }
+
+    /// The store's revocations of cached credentials (none for a file).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Every binding, in name order.

@@ -83,6 +83,7 @@ impl Exchange {
         policy: PolicySnapshot,
         credentials: CredentialCache,
     ) -> Self {
+        credentials.advance_revocations(policy.revocations().clone());
         Self {
             verifier,
             revision: tokio::sync::watch::Sender::new(policy.revision),
@@ -112,7 +113,11 @@ impl Exchange {
 
     /// Replaces the policy table; the next request is decided by the new one
     /// (whatever is cached: the decision precedes the credentials cache).
+    /// Its revocations go to the credentials cache if newer than those in
+    /// force (a policy file carries none, and keeps those revoked in memory).
     pub fn set_policy(&self, policy: PolicySnapshot) {
+        self.credentials
+            .advance_revocations(policy.revocations().clone());
         let revision = policy.revision;
         self.policy.store(Arc::new(policy));
         self.revision.send_replace(revision);
@@ -121,8 +126,13 @@ impl Exchange {
     /// Puts `policy` in force only if it is newer (a higher store revision)
     /// than the one in force, atomically: two loaders racing (the store
     /// follower and an admin write) can never put an older policy back.
-    /// Returns whether it did.
+    /// Returns whether it did. The snapshot's revocations are put in force
+    /// in the credentials cache first (under the same rule), so whoever
+    /// waits on [`policy_revisions`](Self::policy_revisions) finds them
+    /// honoured.
     pub fn advance_policy(&self, policy: PolicySnapshot) -> bool {
+        self.credentials
+            .advance_revocations(policy.revocations().clone());
         let revision = policy.revision;
         let new = Arc::new(policy);
         let previous = self.policy.rcu(|current| {

@@ -180,6 +180,7 @@ both_backends!(
     import_export_round_trip_and_declarative_apply,
     changes_reach_another_handle,
     snapshot_applies_conditions_and_the_deny_list,
+    revocations,
 );
 
 async fn crud(h: Harness) {
@@ -764,6 +765,157 @@ async fn snapshot_applies_conditions_and_the_deny_list(h: Harness) {
         snap.decide(&caller("prod-project"), ROLE_A),
         Err(Refusal::ServiceAccountDenied)
     );
+}
+
+impl Harness {
+    /// Runs `sql` on the database directly (as an old replica, or an
+    /// operator, would).
+    async fn execute(&self, sql: &str) {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+            }
+            Backend::Postgres { schema } => {
+                let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "SET search_path TO \"{schema}\"; {sql}"
+                )))
+                .execute(&pool)
+                .await
+                .unwrap();
+                pool.close().await;
+            }
+        }
+    }
+
+    /// How many revocation rows are older than the retention (made at
+    /// Unix millisecond 1000 by [`execute`](Self::execute)).
+    async fn ancient_revocations(&self) -> i64 {
+        let sql = "SELECT count(*) FROM revocations WHERE revoked_at_ms = 1000";
+        match &self.backend {
+            Backend::Sqlite { path, .. } => {
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                let n = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
+                pool.close().await;
+                n
+            }
+            Backend::Postgres { schema } => {
+                let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
+                let sql = sql.replace(
+                    "FROM revocations",
+                    &format!("FROM \"{schema}\".revocations"),
+                );
+                let n = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                pool.close().await;
+                n
+            }
+        }
+    }
+}
+
+async fn revocations(h: Harness) {
+    let store = h.open().await;
+    let replica = h.open().await;
+    let mut changes = replica.watch().await.unwrap();
+    let before = store.revision().await.unwrap();
+
+    let by_sa = store
+        .revoke(ADMIN, Some(SUB), None, "INC-42")
+        .await
+        .unwrap();
+    assert_eq!(by_sa.service_account.as_deref(), Some(SUB));
+    assert_eq!(by_sa.role_arn, None);
+    assert_eq!(by_sa.actor, ADMIN);
+    assert!(by_sa.revision > before, "a revocation is a store write");
+    // Every replica learns of it as of any change.
+    let seen = tokio::time::timeout(HANG_GUARD, changes.changed())
+        .await
+        .expect("no change notification")
+        .unwrap();
+    assert_eq!(seen, by_sa.revision);
+    let by_role = store.revoke(ADMIN, None, Some(ROLE_A), "").await.unwrap();
+    let pair = store
+        .revoke(ADMIN, Some(SUB), Some(ROLE_B), "")
+        .await
+        .unwrap();
+    assert!(by_sa.id < by_role.id && by_role.id < pair.id);
+
+    // What a replica loads carries them to its credential cache.
+    let snap = load_snapshot(&replica).await.unwrap();
+    let revocations = snap.revocations();
+    assert_eq!(revocations.revision(), pair.revision);
+    assert_eq!(revocations.iter().count(), 3);
+    let obtained = before;
+    assert!(revocations.revokes(SUB, "arn:aws:iam::111122223333:role/Other", obtained));
+    assert!(revocations.revokes("9", ROLE_A, obtained));
+    assert!(!revocations.revokes("9", ROLE_B, obtained));
+    assert!(
+        !revocations.revokes(SUB, ROLE_B, pair.revision),
+        "obtained after"
+    );
+    assert_eq!(
+        replica.list_revocations().await.unwrap(),
+        vec![pair.clone(), by_role.clone(), by_sa.clone()],
+        "newest first"
+    );
+
+    // Each is audited with what it named.
+    let audit = store
+        .list_audit(AuditQuery {
+            target: Some(ROLE_A.into()),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit.len(), 1);
+    assert_eq!(audit[0].action, AuditAction::RevokeCachedCredentials);
+    assert_eq!(audit[0].revision, by_role.revision);
+    assert_eq!(json(audit[0].after.as_deref())["role_arn"], ROLE_A);
+
+    // Refused: neither, an email, a bad ARN; nothing written.
+    let revision = store.revision().await.unwrap();
+    for (sa, role, field) in [
+        (None, None, "service_account"),
+        (
+            Some("etl@p.iam.gserviceaccount.com"),
+            None,
+            "service_account",
+        ),
+        (None, Some("arn:aws:s3:::bucket"), "role_arn"),
+    ] {
+        match store.revoke(ADMIN, sa, role, "").await {
+            Err(StoreError::Invalid(v)) => assert_eq!(v[0].error.field, field),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(store.revision().await.unwrap(), revision);
+
+    // A revocation older than the longest credential lifetime matches
+    // nothing still cached: loads leave it out, the next revocation
+    // deletes it.
+    h.execute(&format!(
+        "INSERT INTO revocations (unique_id, role_arn, revoked_at_ms, actor, reason, revision) \
+         VALUES ('{SUB}', NULL, 1000, 'old', '', 1)"
+    ))
+    .await;
+    assert_eq!(h.ancient_revocations().await, 1);
+    assert_eq!(store.load().await.unwrap().revocations.len(), 3);
+    assert_eq!(store.list_revocations().await.unwrap().len(), 3);
+    store.revoke(ADMIN, Some(SUB), None, "").await.unwrap();
+    assert_eq!(h.ancient_revocations().await, 0);
+    assert_eq!(store.list_revocations().await.unwrap().len(), 4);
 }
 
 #[tokio::test]

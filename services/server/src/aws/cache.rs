@@ -17,6 +17,16 @@
 //! * Requests whose duration leaves no room for the margin bypass the cache.
 //! * The policy decision is made by the caller before the cache is consulted,
 //!   so a removed binding is denied at once, cached credentials or not.
+//! * **Revocations** (`RevokeCachedCredentials`; [`Revocations`]): each entry
+//!   is stamped with the revision of the revocations in force when its STS
+//!   call began. A hit that a revocation of a higher revision names (its
+//!   `sub`, its role, or both) is a miss: dropped, and fetched anew with the
+//!   caller's token. So credentials obtained before this replica learned of
+//!   the revocation are never handed out again, those of an STS call in
+//!   flight at that moment included (a request that joined such a call makes
+//!   one of its own). For an entry obtained since the newest revocation (or
+//!   when there is none) the check is one comparison.
+//!   [`CredentialCache::drop_revoked`] frees revoked entries at once.
 //! * Size-bounded by entry count (`cache.max_entries`). One entry holds the
 //!   key (~100 B), the credentials (~1.3 KiB with a typical 800-byte session
 //!   token) and bookkeeping: about 2 KiB, so 100,000 entries ≈ 200 MiB and
@@ -30,15 +40,22 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use arc_swap::ArcSwap;
+
 use std::num::NonZeroU32;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use moka::{Expiry, future::Cache, ops::compute::Op};
+use moka::{
+    Expiry,
+    future::Cache,
+    ops::compute::{CompResult, Op},
+};
 use rand::Rng as _;
 use tracing::{debug, warn};
 
 use tokenbridge_policy::ExpandedSession;
 use tokenbridge_policy::SessionScope;
+use tokenbridge_policy::{Revocation, Revocations};
 
 use crate::{
     aws::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
@@ -118,6 +135,8 @@ struct Entry {
     /// by [`REFRESH_RETRY`] after a failed one.
     refresh_at: AtomicU64,
     refreshing: AtomicBool,
+    /// The revision of the revocations in force when its STS call began.
+    revision: u64,
 }
 
 /// After a failed background refresh, the next one waits this long.
@@ -167,6 +186,7 @@ pub struct CredentialCache {
     entries: Cache<CacheKey, Arc<Entry>>,
     sts: Arc<dyn AssumeRole>,
     budget: Option<DefaultKeyedRateLimiter<(String, String)>>,
+    revocations: ArcSwap<Revocations>,
     config: CacheConfig,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
@@ -189,6 +209,7 @@ impl CredentialCache {
             entries,
             sts,
             budget,
+            revocations: ArcSwap::from_pointee(Revocations::default()),
             config,
             clock,
             metrics: Metrics::disabled(),
@@ -224,7 +245,7 @@ impl CredentialCache {
             return self.sts.assume_role(req).await;
         }
         if let Some(entry) = self.entries.get(&key).await {
-            if self.usable(&entry) {
+            if self.usable(&entry) && !self.revoked(&key, &entry) {
                 self.lookup(CacheLookup::Hit);
                 self.maybe_refresh(&key, &entry, &req);
                 return Ok(entry.credentials.clone());
@@ -240,17 +261,93 @@ impl CredentialCache {
                 // One budget unit per STS call: the leader of a single flight
                 // spends it, its followers share the answer.
                 self.spend_budget(&key)?;
-                let credentials = sts.assume_role(req).await?;
-                Ok::<_, StsError>(self.entry(credentials, duration))
+                let revision = self.revocations.load().revision();
+                let credentials = sts.assume_role(req.clone()).await?;
+                Ok::<_, StsError>(self.entry(credentials, duration, revision))
             })
             .await
             .map_err(|e| (*e).clone())?;
+        if self.revoked(&key, &entry) {
+            // This request joined an STS call that began before this replica
+            // learned of a revocation naming it: drop what it returned and
+            // ask again (a newer call, or one of its own).
+            self.remove_if_same(&key, &entry).await;
+            return Box::pin(self.get(key, req)).await;
+        }
         if !self.usable(&entry) {
             // Straight from STS but already inside the margin: hand it to this
             // caller (there is nothing better), never to the next one.
             self.remove_if_same(&key, &entry).await;
         }
         Ok(entry.credentials.clone())
+    }
+
+    /// Whether a revocation in force names `entry`, obtained before this
+    /// replica learned of it.
+    fn revoked(&self, key: &CacheKey, entry: &Entry) -> bool {
+        self.revocations
+            .load()
+            .revokes(&key.subject, &key.role_arn, entry.revision)
+    }
+
+    /// The revocations in force.
+    pub fn revocations(&self) -> Arc<Revocations> {
+        self.revocations.load_full()
+    }
+
+    /// Puts `revocations` (a policy store's, at its revision) in force if
+    /// they are newer than those in force: two loaders racing never put
+    /// older ones back. Returns whether they bring a revocation the set in
+    /// force did not have (then [`drop_revoked`](Self::drop_revoked) has
+    /// something to drop).
+    pub fn advance_revocations(&self, revocations: Revocations) -> bool {
+        let (revision, newest) = (revocations.revision(), revocations.newest());
+        let new = Arc::new(revocations);
+        let previous = self.revocations.rcu(|current| {
+            if revision > current.revision() {
+                new.clone()
+            } else {
+                current.clone()
+            }
+        });
+        revision > previous.revision() && newest > previous.newest()
+    }
+
+    /// Revokes cached credentials of `subject`, `role_arn` or the pair on
+    /// this replica only, in memory (a replica without a policy store).
+    pub fn revoke_here(&self, subject: Option<String>, role_arn: Option<String>) -> Revocation {
+        let revoked_at = self.clock.now();
+        let previous = self
+            .revocations
+            .rcu(|current| current.with(subject.clone(), role_arn.clone(), revoked_at));
+        Revocation {
+            subject,
+            role_arn,
+            revision: previous.revision() + 1,
+            revoked_at,
+        }
+    }
+
+    /// Drops every cached credential that the revocations in force revoke,
+    /// and returns how many. (Its next hit would drop each anyway: this
+    /// frees them at once and counts them.)
+    pub async fn drop_revoked(&self) -> usize {
+        let revocations = self.revocations.load_full();
+        if revocations.is_empty() {
+            return 0;
+        }
+        let revoked: Vec<(Arc<CacheKey>, Arc<Entry>)> = self
+            .entries
+            .iter()
+            .filter(|(key, entry)| revocations.revokes(&key.subject, &key.role_arn, entry.revision))
+            .collect();
+        let mut dropped = 0;
+        for (key, entry) in revoked {
+            if self.remove_if_same(&key, &entry).await {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     fn lookup(&self, lookup: CacheLookup) {
@@ -272,9 +369,9 @@ impl CredentialCache {
         }
     }
 
-    fn entry(&self, credentials: Credentials, duration_seconds: u32) -> Arc<Entry> {
+    fn entry(&self, credentials: Credentials, duration_seconds: u32, revision: u64) -> Arc<Entry> {
         let (margin, window) = self.margins(duration_seconds);
-        new_entry(credentials, margin, window)
+        new_entry(credentials, margin, window, revision)
     }
 
     /// Forgets the STS budgets of identities that have gone quiet (run by
@@ -304,8 +401,10 @@ impl CredentialCache {
         self.clock.now() + entry.margin < entry.credentials.expiration
     }
 
-    async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<Entry>) {
-        self.entries
+    /// Removes `stale` if it is still `key`'s entry; returns whether it did.
+    async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<Entry>) -> bool {
+        let removed = self
+            .entries
             .entry_by_ref(key)
             .and_compute_with(|current| {
                 let op = match current {
@@ -315,6 +414,7 @@ impl CredentialCache {
                 std::future::ready(op)
             })
             .await;
+        matches!(removed, CompResult::Removed(_))
     }
 
     /// Inside the refresh window, one background refresh per entry.
@@ -334,6 +434,7 @@ impl CredentialCache {
             self.metrics.clone(),
         );
         let (margin, window) = self.margins(req.duration_seconds);
+        let revision = self.revocations.load().revision();
         tokio::spawn(async move {
             let refreshed = sts.assume_role(req).await;
             metrics.cache_refresh(refreshed.is_ok());
@@ -341,7 +442,7 @@ impl CredentialCache {
                 Ok(credentials) => {
                     debug!(role_arn = %key.role_arn, "cached credentials refreshed ahead of the margin");
                     entries
-                        .insert(key, new_entry(credentials, margin, window))
+                        .insert(key, new_entry(credentials, margin, window, revision))
                         .await;
                 }
                 Err(e) => {
@@ -358,8 +459,14 @@ impl CredentialCache {
 
 /// An entry whose background refresh starts between `margin + window / 2`
 /// and `margin + window` before expiry, at random, so entries cached together
-/// do not all refresh together.
-fn new_entry(credentials: Credentials, margin: Duration, window: Duration) -> Arc<Entry> {
+/// do not all refresh together. `revision`: that of the revocations in force
+/// when its STS call began.
+fn new_entry(
+    credentials: Credentials,
+    margin: Duration,
+    window: Duration,
+    revision: u64,
+) -> Arc<Entry> {
     let jitter = if window.is_zero() {
         Duration::ZERO
     } else {
@@ -374,6 +481,7 @@ fn new_entry(credentials: Credentials, margin: Duration, window: Duration) -> Ar
         margin,
         refresh_at: AtomicU64::new(millis(refresh_at)),
         refreshing: AtomicBool::new(false),
+        revision,
     })
 }
 
@@ -622,6 +730,111 @@ mod tests {
         sts.fail.store(false, Ordering::SeqCst);
         assert!(cache.get(key("a", 3600), req(3600)).await.is_ok());
         assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+    }
+
+    fn revoked(revision: u64, subject: Option<&str>, role: Option<&str>) -> Revocations {
+        Revocations::new(
+            revision,
+            vec![Revocation {
+                subject: subject.map(str::to_string),
+                role_arn: role.map(str::to_string),
+                revision,
+                revoked_at: SystemTime::now(),
+            }],
+        )
+    }
+
+    #[tokio::test]
+    async fn a_revoked_credential_is_a_miss_and_fetched_anew_once() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        let first = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        let other = cache.get(key("b", 3600), req(3600)).await.unwrap();
+        assert!(cache.advance_revocations(revoked(1, Some("a"), None)));
+        let second = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_ne!(second.access_key_id, first.access_key_id);
+        // Obtained once the revocation was known: cached again.
+        let third = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(third.access_key_id, second.access_key_id);
+        // Another caller is not named.
+        let still = cache.get(key("b", 3600), req(3600)).await.unwrap();
+        assert_eq!(still.access_key_id, other.access_key_id);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_sts_call_in_flight_at_revocation_is_never_served_as_new() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        // Hold STS: a call begins before the revocation is known ...
+        let permits = sts.gate.available_permits();
+        sts.gate.forget_permits(permits);
+        let leader = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(key("a", 3600), req(3600)).await.unwrap() }
+        });
+        while sts.calls.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ... the revocation arrives while it is in flight, and a request
+        // after it joins the same flight.
+        assert!(cache.advance_revocations(revoked(1, None, Some(&key("a", 0).role_arn))));
+        let joiner = tokio::spawn({
+            let cache = cache.clone();
+            async move { cache.get(key("a", 3600), req(3600)).await.unwrap() }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        sts.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+        let (leader, joiner) = (leader.await.unwrap(), joiner.await.unwrap());
+        // What the first call returned is handed to nobody; one more call,
+        // made once the revocation was known, serves both.
+        let first = format!("ASIA{:016}", 1);
+        assert_ne!(leader.access_key_id, first);
+        assert_ne!(joiner.access_key_id, first);
+        assert_eq!(leader.access_key_id, joiner.access_key_id);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        let after = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_eq!(after.access_key_id, leader.access_key_id);
+    }
+
+    #[tokio::test]
+    async fn drop_revoked_frees_and_counts_what_a_revocation_names() {
+        let (cache, _, _) = setup(CacheConfig::default());
+        cache.get(key("a", 3600), req(3600)).await.unwrap();
+        cache.get(key("a", 7200), req(7200)).await.unwrap();
+        cache.get(key("b", 3600), req(3600)).await.unwrap();
+        assert_eq!(cache.drop_revoked().await, 0, "nothing revoked yet");
+        assert!(cache.advance_revocations(revoked(4, Some("a"), None)));
+        assert_eq!(cache.drop_revoked().await, 2);
+        cache.sync().await;
+        assert_eq!(cache.entry_count(), 1);
+        assert_eq!(cache.drop_revoked().await, 0);
+    }
+
+    #[tokio::test]
+    async fn an_older_set_of_revocations_never_replaces_a_newer_one() {
+        let (cache, _, _) = setup(CacheConfig::default());
+        assert!(cache.advance_revocations(revoked(7, Some("a"), None)));
+        assert!(!cache.advance_revocations(Revocations::new(5, Vec::new())));
+        assert_eq!(cache.revocations().revision(), 7);
+        // A newer store revision that brings no new revocation.
+        assert!(!cache.advance_revocations(Revocations::new(
+            8,
+            cache.revocations().iter().cloned().collect()
+        )));
+        assert_eq!(cache.revocations().revision(), 8);
+    }
+
+    #[tokio::test]
+    async fn revoked_here_without_a_store() {
+        let (cache, sts, _) = setup(CacheConfig::default());
+        let first = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        let r = cache.revoke_here(Some("a".into()), None);
+        assert_eq!(r.revision, 1);
+        let second = cache.get(key("a", 3600), req(3600)).await.unwrap();
+        assert_ne!(second.access_key_id, first.access_key_id);
+        assert_eq!(sts.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.revoke_here(None, Some("r".into())).revision, 2);
     }
 
     #[tokio::test]

@@ -13,6 +13,9 @@
 //!   when, what, before and after: `ListAudit`). With the read-only
 //!   `[policy] file`, it answers reads and `Explain` from the file as loaded
 //!   and refuses writes with FAILED_PRECONDITION (change the file, reload).
+//! * **Revoking cached credentials** (`RevokeCachedCredentials`, [`revoke`]):
+//!   a store write every replica honours, or with a policy file a
+//!   revocation kept in this replica's memory.
 //! * **What every call leaves.** One `tokenbridge.admin` line in the audit
 //!   log (method, actor, target, outcome), refusals included.
 
@@ -44,6 +47,7 @@ use crate::{
 mod access;
 pub mod edge;
 mod mapping;
+mod revoke;
 
 pub use access::AdminAccess;
 
@@ -117,7 +121,8 @@ const METHODS: [&str; 13] = [
 /// caller is authenticated by then, and the store refuses such names).
 const MAX_AUDIT_TARGET: usize = 256;
 
-/// The methods that change the store.
+/// The methods that change the store. (`RevokeCachedCredentials` changes
+/// it too, but puts the new revision in force itself: see [`revoke`].)
 const WRITES: [&str; 6] = [
     "CreateBinding",
     "UpdateBinding",
@@ -320,6 +325,21 @@ impl PolicyAdminService {
 
 #[tonic::async_trait]
 impl PolicyAdmin for PolicyAdminService {
+    async fn revoke_cached_credentials(
+        &self,
+        request: Request<pb::RevokeCachedCredentialsRequest>,
+    ) -> Result<Response<pb::RevokeCachedCredentialsResponse>, Status> {
+        self.call(
+            "RevokeCachedCredentials",
+            request,
+            revoke::target,
+            |actor, req| async move {
+                revoke::revoke(&self.source, &self.exchange, &actor, req).await
+            },
+        )
+        .await
+    }
+
     async fn list_bindings(
         &self,
         request: Request<pb::ListBindingsRequest>,

@@ -1,4 +1,5 @@
-//! The policy store: bindings, the deny list and the audit log in SQL.
+//! The policy store: bindings, the deny list, revocations of cached
+//! credentials and the audit log in SQL.
 //!
 //! Two backends behind one trait, [`PolicyStore`]:
 //!
@@ -25,6 +26,15 @@
 //!
 //! Queries are plain `sqlx::query` strings checked at run time; no
 //! compile-time checked macros, so building needs no database.
+//!
+//! **Revocations** of cached credentials ([`PolicyStore::revoke`]) are
+//! writes like the deny list: one transaction with its audit row that bumps
+//! the revision, so every replica's follower loads it. A load carries the
+//! revocations younger than [`RETENTION`] (older ones match nothing still
+//! cached; the next revocation deletes them) in its snapshot, for the
+//! credential cache to honour ([`tokenbridge_policy::revocation`]).
+//!
+//! [`RETENTION`]: tokenbridge_policy::revocation::RETENTION
 
 use std::{fmt, future::Future, path::Path, sync::Arc, time::SystemTime};
 use tokio_util::task::AbortOnDropHandle;
@@ -32,7 +42,7 @@ use tokio_util::task::AbortOnDropHandle;
 use serde::Serialize;
 use tokio::{sync::watch, task::JoinHandle};
 
-use tokenbridge_policy::{Binding, PolicySnapshot, Problem};
+use tokenbridge_policy::{Binding, PolicySnapshot, Problem, Revocation, Revocations};
 
 mod error;
 pub mod postgres;
@@ -40,7 +50,7 @@ mod sql;
 pub mod sqlite;
 
 pub use error::StoreError;
-pub use sql::{AuditRow, Backend, BindingRow, DeniedRow, SqlStore, Tx};
+pub use sql::{AuditRow, Backend, BindingRow, DeniedRow, RevocationRow, SqlStore, Tx};
 pub(crate) use sql::{impl_tx, migrator};
 
 pub use postgres::{PgOptions, PgStore};
@@ -101,6 +111,38 @@ pub struct DeniedServiceAccount {
     pub revision: u64,
 }
 
+/// A revocation of cached credentials, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoredRevocation {
+    /// Grows with every revocation.
+    pub id: u64,
+    /// The service account's unique ID; `None`: every caller of the role.
+    pub service_account: Option<String>,
+    /// The role; `None`: every role of the service account.
+    pub role_arn: Option<String>,
+    /// Why, as the admin said.
+    pub reason: String,
+    /// Who revoked.
+    pub actor: String,
+    /// When.
+    #[serde(skip)]
+    pub revoked_at: SystemTime,
+    /// The store revision that wrote it.
+    pub revision: u64,
+}
+
+impl StoredRevocation {
+    /// What the credential cache honours.
+    pub fn revocation(&self) -> Revocation {
+        Revocation {
+            subject: self.service_account.clone(),
+            role_arn: self.role_arn.clone(),
+            revision: self.revision,
+            revoked_at: self.revoked_at,
+        }
+    }
+}
+
 /// What a change did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -115,6 +157,8 @@ pub enum AuditAction {
     DenyServiceAccount,
     /// A service account was taken off the deny list.
     AllowServiceAccount,
+    /// Cached credentials were revoked on every replica.
+    RevokeCachedCredentials,
 }
 
 impl AuditAction {
@@ -126,6 +170,7 @@ impl AuditAction {
             AuditAction::DeleteBinding => "binding.delete",
             AuditAction::DenyServiceAccount => "service_account.deny",
             AuditAction::AllowServiceAccount => "service_account.allow",
+            AuditAction::RevokeCachedCredentials => "credentials.revoke",
         }
     }
 
@@ -136,6 +181,7 @@ impl AuditAction {
             AuditAction::DeleteBinding,
             AuditAction::DenyServiceAccount,
             AuditAction::AllowServiceAccount,
+            AuditAction::RevokeCachedCredentials,
         ]
         .into_iter()
         .find(|a| a.as_str() == s)
@@ -159,7 +205,8 @@ pub struct AuditEntry {
     pub actor: String,
     /// What.
     pub action: AuditAction,
-    /// The binding name or the service account.
+    /// The binding name or the service account (a revocation: its service
+    /// account, else its role).
     pub target: String,
     /// The store revision the change produced.
     pub revision: u64,
@@ -211,16 +258,32 @@ pub struct StoreContents {
     pub bindings: Vec<StoredBinding>,
     /// The deny list.
     pub denied: Vec<DeniedServiceAccount>,
+    /// The revocations younger than
+    /// [`RETENTION`](tokenbridge_policy::revocation::RETENTION), oldest
+    /// first.
+    pub revocations: Vec<StoredRevocation>,
 }
 
 impl StoreContents {
-    /// The decision structure the exchange uses.
+    /// The decision structure the exchange uses, with the revocations.
     pub fn snapshot(&self) -> Result<PolicySnapshot, Vec<Problem>> {
         PolicySnapshot::build(
             self.revision,
             self.bindings.iter().map(|b| b.binding.clone()).collect(),
             self.denied.iter().map(|d| d.service_account.clone()),
             Path::new("policy store"),
+        )
+        .map(|snapshot| snapshot.with_revocations(self.revocations()))
+    }
+
+    /// The revocations the credential cache honours, at this revision.
+    pub fn revocations(&self) -> Revocations {
+        Revocations::new(
+            self.revision,
+            self.revocations
+                .iter()
+                .map(StoredRevocation::revocation)
+                .collect(),
         )
     }
 }
@@ -327,6 +390,27 @@ pub trait PolicyStore: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<DeniedServiceAccount>, StoreError>> + Send;
 
+    /// Revokes the cached credentials of a service account (its unique ID),
+    /// a role, or the pair, on every replica that follows the store; at
+    /// least one of the two (`Invalid` otherwise, or for an email). Deletes
+    /// revocations older than
+    /// [`RETENTION`](tokenbridge_policy::revocation::RETENTION) in the same
+    /// transaction.
+    fn revoke(
+        &self,
+        actor: &str,
+        service_account: Option<&str>,
+        role_arn: Option<&str>,
+        reason: &str,
+    ) -> impl Future<Output = Result<StoredRevocation, StoreError>> + Send;
+
+    /// The revocations in force (younger than
+    /// [`RETENTION`](tokenbridge_policy::revocation::RETENTION)), newest
+    /// first.
+    fn list_revocations(
+        &self,
+    ) -> impl Future<Output = Result<Vec<StoredRevocation>, StoreError>> + Send;
+
     /// Audit entries, newest first.
     fn list_audit(
         &self,
@@ -345,7 +429,8 @@ pub trait PolicyStore: Send + Sync {
     fn watch(&self) -> impl Future<Output = Result<Changes, StoreError>> + Send;
 }
 
-/// Loads the whole store and builds the snapshot the exchange decides with.
+/// Loads the whole store and builds the snapshot the exchange decides with
+/// (carrying the revocations its credential cache honours).
 pub async fn load_snapshot<S: PolicyStore>(store: &S) -> Result<PolicySnapshot, StoreError> {
     let contents = store.load().await?;
     contents.snapshot().map_err(|problems| {
@@ -467,6 +552,18 @@ impl PolicyStore for Store {
     async fn list_denied(&self) -> Result<Vec<DeniedServiceAccount>, StoreError> {
         delegate!(self, s => s.list_denied())
     }
+    async fn revoke(
+        &self,
+        actor: &str,
+        service_account: Option<&str>,
+        role_arn: Option<&str>,
+        reason: &str,
+    ) -> Result<StoredRevocation, StoreError> {
+        delegate!(self, s => s.revoke(actor, service_account, role_arn, reason))
+    }
+    async fn list_revocations(&self) -> Result<Vec<StoredRevocation>, StoreError> {
+        delegate!(self, s => s.list_revocations())
+    }
     async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         delegate!(self, s => s.list_audit(query))
     }
@@ -528,6 +625,7 @@ mod tests {
             AuditAction::DeleteBinding,
             AuditAction::DenyServiceAccount,
             AuditAction::AllowServiceAccount,
+            AuditAction::RevokeCachedCredentials,
         ] {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
         }

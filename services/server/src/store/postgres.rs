@@ -23,11 +23,18 @@ use tokio::sync::watch;
 use super::{Backend, Changes, SqlStore, StoreError, impl_tx, migrator};
 
 /// The migrations, embedded: `services/server/migrations/postgres/`.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "policy store",
-    include_str!("../../migrations/postgres/0001_policy_store.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "policy store",
+        include_str!("../../migrations/postgres/0001_policy_store.sql"),
+    ),
+    (
+        2,
+        "revocations",
+        include_str!("../../migrations/postgres/0002_revocations.sql"),
+    ),
+];
 
 /// The notification channel without a schema.
 pub const DEFAULT_CHANNEL: &str = "tokenbridge_policy";

@@ -10,13 +10,14 @@ use std::{
 use serde::Serialize;
 use tokenbridge_policy::{
     Binding,
+    revocation::{RETENTION, check_revocation},
     rules::{ServiceAccountRef, classify_service_account},
     validate_set,
 };
 
 use super::{
     ApplyReport, AuditAction, AuditEntry, AuditQuery, Changes, DeniedServiceAccount, MAX_PAGE_SIZE,
-    PolicyStore, StoreContents, StoreError, StoredBinding,
+    PolicyStore, StoreContents, StoreError, StoredBinding, StoredRevocation,
 };
 
 /// A binding row as the database holds it.
@@ -45,6 +46,25 @@ pub struct DeniedRow {
     pub actor: String,
     /// When, Unix milliseconds.
     pub created_at_ms: i64,
+    /// The revision that wrote it.
+    pub revision: i64,
+}
+
+/// A revocation row.
+#[derive(Debug, Clone)]
+pub struct RevocationRow {
+    /// Row id (0 when inserting).
+    pub id: i64,
+    /// The service account's unique ID, if it names one.
+    pub unique_id: Option<String>,
+    /// The role ARN, if it names one.
+    pub role_arn: Option<String>,
+    /// When, Unix milliseconds.
+    pub revoked_at_ms: i64,
+    /// Who.
+    pub actor: String,
+    /// Why.
+    pub reason: String,
     /// The revision that wrote it.
     pub revision: i64,
 }
@@ -120,6 +140,21 @@ pub trait Tx: Send + Sized {
     fn delete_denied(
         &mut self,
         service_account: &str,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    /// Inserts a revocation row and returns its id.
+    fn insert_revocation(
+        &mut self,
+        row: &RevocationRow,
+    ) -> impl Future<Output = Result<i64, sqlx::Error>> + Send;
+    /// Revocation rows made at or after `since_ms`, oldest first.
+    fn revocations_since(
+        &mut self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<RevocationRow>, sqlx::Error>> + Send;
+    /// Deletes the revocation rows made before `before_ms`.
+    fn delete_revocations_before(
+        &mut self,
+        before_ms: i64,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// Appends an audit row.
     fn insert_audit(
@@ -242,6 +277,24 @@ fn decode_denied(row: DeniedRow) -> DeniedServiceAccount {
         created_at: time_of(row.created_at_ms),
         revision: revision_of(row.revision),
     }
+}
+
+fn decode_revocation(row: RevocationRow) -> StoredRevocation {
+    StoredRevocation {
+        id: revision_of(row.id),
+        service_account: row.unique_id,
+        role_arn: row.role_arn,
+        reason: row.reason,
+        actor: row.actor,
+        revoked_at: time_of(row.revoked_at_ms),
+        revision: revision_of(row.revision),
+    }
+}
+
+/// Revocations made before this (Unix milliseconds) match nothing still
+/// cached anywhere.
+fn retention_cutoff_ms(now_ms: i64) -> i64 {
+    now_ms.saturating_sub(i64::try_from(RETENTION.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn decode_audit(row: AuditRow) -> Result<AuditEntry, StoreError> {
@@ -430,7 +483,7 @@ impl<B: Backend> SqlStore<B> {
     }
 }
 
-type Everything = (i64, Vec<BindingRow>, Vec<DeniedRow>);
+type Everything = (i64, Vec<BindingRow>, Vec<DeniedRow>, Vec<RevocationRow>);
 
 async fn read_all<T: Tx>(tx: &mut T) -> Result<Everything, sqlx::Error> {
     let revision = tx.current_revision().await?;
@@ -443,7 +496,8 @@ async fn read_all<T: Tx>(tx: &mut T) -> Result<Everything, sqlx::Error> {
         rows.extend(batch);
     }
     let denied = tx.all_denied().await?;
-    Ok((revision, rows, denied))
+    let revocations = tx.revocations_since(retention_cutoff_ms(now_ms())).await?;
+    Ok((revision, rows, denied, revocations))
 }
 
 /// Ends a read-only transaction (rolling back and committing are the same)
@@ -726,6 +780,61 @@ impl<B: Backend> PolicyStore for SqlStore<B> {
         Ok(rows.into_iter().map(decode_denied).collect())
     }
 
+    async fn revoke(
+        &self,
+        actor: &str,
+        service_account: Option<&str>,
+        role_arn: Option<&str>,
+        reason: &str,
+    ) -> Result<StoredRevocation, StoreError> {
+        check_revocation(service_account, role_arn, reason)
+            .map_err(|e| StoreError::invalid("", &e.field, e.reason))?;
+        let mut tx = self.backend.begin_write().await?;
+        let revision = tx.bump_revision().await?;
+        let now = now_ms();
+        tx.delete_revocations_before(retention_cutoff_ms(now))
+            .await?;
+        let mut row = RevocationRow {
+            id: 0,
+            unique_id: service_account.map(str::to_string),
+            role_arn: role_arn.map(str::to_string),
+            revoked_at_ms: now,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+            revision,
+        };
+        row.id = tx.insert_revocation(&row).await?;
+        let revocation = decode_revocation(row);
+        let audit = Audit {
+            actor,
+            at_ms: now,
+            revision,
+        };
+        let target = revocation
+            .service_account
+            .as_deref()
+            .or(revocation.role_arn.as_deref())
+            .unwrap_or_default();
+        audit
+            .record(
+                &mut tx,
+                AuditAction::RevokeCachedCredentials,
+                target,
+                None,
+                Some(to_json(&revocation)?),
+            )
+            .await?;
+        self.finish(tx, revision).await?;
+        Ok(revocation)
+    }
+
+    async fn list_revocations(&self) -> Result<Vec<StoredRevocation>, StoreError> {
+        let mut tx = self.backend.begin_read().await?;
+        let out = tx.revocations_since(retention_cutoff_ms(now_ms())).await;
+        let rows = end_read(tx, out).await?;
+        Ok(rows.into_iter().rev().map(decode_revocation).collect())
+    }
+
     async fn list_audit(&self, query: AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let target = query.target.unwrap_or_default();
         let before = query
@@ -741,7 +850,7 @@ impl<B: Backend> PolicyStore for SqlStore<B> {
     async fn load(&self) -> Result<StoreContents, StoreError> {
         let mut tx = self.backend.begin_read().await?;
         let out = read_all(&mut tx).await;
-        let (revision, rows, denied) = end_read(tx, out).await?;
+        let (revision, rows, denied, revocations) = end_read(tx, out).await?;
         Ok(StoreContents {
             revision: revision_of(revision),
             bindings: rows
@@ -749,6 +858,7 @@ impl<B: Backend> PolicyStore for SqlStore<B> {
                 .map(decode_binding)
                 .collect::<Result<_, _>>()?,
             denied: denied.into_iter().map(decode_denied).collect(),
+            revocations: revocations.into_iter().map(decode_revocation).collect(),
         })
     }
 
@@ -901,6 +1011,44 @@ macro_rules! impl_tx {
                     .map(drop)
             }
 
+            async fn insert_revocation(
+                &mut self,
+                row: &$crate::store::RevocationRow,
+            ) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar(
+                    "INSERT INTO revocations (unique_id, role_arn, revoked_at_ms, actor, reason, revision) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(row.unique_id.as_deref())
+                .bind(row.role_arn.as_deref())
+                .bind(row.revoked_at_ms)
+                .bind(&row.actor)
+                .bind(&row.reason)
+                .bind(row.revision)
+                .fetch_one(&mut *self.0)
+                .await
+            }
+
+            async fn revocations_since(
+                &mut self,
+                since_ms: i64,
+            ) -> Result<Vec<$crate::store::RevocationRow>, sqlx::Error> {
+                let rows = sqlx::query(
+                    "SELECT id, unique_id, role_arn, revoked_at_ms, actor, reason, revision FROM revocations WHERE revoked_at_ms >= $1 ORDER BY id",
+                )
+                .bind(since_ms)
+                .fetch_all(&mut *self.0)
+                .await?;
+                rows.iter().map(revocation_row).collect()
+            }
+
+            async fn delete_revocations_before(&mut self, before_ms: i64) -> Result<(), sqlx::Error> {
+                sqlx::query("DELETE FROM revocations WHERE revoked_at_ms < $1")
+                    .bind(before_ms)
+                    .execute(&mut *self.0)
+                    .await
+                    .map(drop)
+            }
+
             async fn insert_audit(
                 &mut self,
                 row: &$crate::store::AuditRow,
@@ -969,6 +1117,19 @@ macro_rules! impl_tx {
                 reason: r.try_get("reason")?,
                 actor: r.try_get("actor")?,
                 created_at_ms: r.try_get("created_at_ms")?,
+                revision: r.try_get("revision")?,
+            })
+        }
+
+        fn revocation_row(r: &$row) -> Result<$crate::store::RevocationRow, sqlx::Error> {
+            use sqlx::Row as _;
+            Ok($crate::store::RevocationRow {
+                id: r.try_get("id")?,
+                unique_id: r.try_get("unique_id")?,
+                role_arn: r.try_get("role_arn")?,
+                revoked_at_ms: r.try_get("revoked_at_ms")?,
+                actor: r.try_get("actor")?,
+                reason: r.try_get("reason")?,
                 revision: r.try_get("revision")?,
             })
         }

@@ -17,11 +17,18 @@ use tokio::sync::watch;
 use super::{Backend, Changes, SqlStore, StoreError, impl_tx, migrator};
 
 /// The migrations, embedded: `services/server/migrations/sqlite/`.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "policy store",
-    include_str!("../../migrations/sqlite/0001_policy_store.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "policy store",
+        include_str!("../../migrations/sqlite/0001_policy_store.sql"),
+    ),
+    (
+        2,
+        "revocations",
+        include_str!("../../migrations/sqlite/0002_revocations.sql"),
+    ),
+];
 
 /// How to open an SQLite store.
 #[derive(Debug, Clone)]

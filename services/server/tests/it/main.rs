@@ -16,6 +16,7 @@ mod observability;
 mod outage;
 mod policy;
 mod policy_admin;
+mod revocation;
 mod tls;
 mod traces;
 mod verification;

@@ -18,18 +18,18 @@ use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::common::{AUDIENCE, Env, Options, ROLE_A, ROLE_B, assert_no_token, within};
 
-const ADMIN_AUDIENCE: &str = "https://tokenbridge-admin.test";
+pub(crate) const ADMIN_AUDIENCE: &str = "https://tokenbridge-admin.test";
 /// A hang guard, not a speed assertion.
 const HANG_GUARD: Duration = Duration::from_secs(20);
 
-fn admin_sa() -> ServiceAccount {
+pub(crate) fn admin_sa() -> ServiceAccount {
     ServiceAccount::new(
         "900000000000000000001",
         "platform-admin@ops.iam.gserviceaccount.com",
     )
 }
 
-fn caller() -> ServiceAccount {
+pub(crate) fn caller() -> ServiceAccount {
     ServiceAccount::new("300000000000000000001", "etl@data.iam.gserviceaccount.com")
 }
 
@@ -39,7 +39,7 @@ struct Admin {
     _dir: Option<tempfile::TempDir>,
 }
 
-fn admin_config() -> PolicyAdminConfig {
+pub(crate) fn admin_config() -> PolicyAdminConfig {
     PolicyAdminConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         audiences: vec![ADMIN_AUDIENCE.into()],
@@ -50,7 +50,7 @@ fn admin_config() -> PolicyAdminConfig {
     }
 }
 
-async fn admin_client(env: &Env) -> PolicyAdminClient<Channel> {
+pub(crate) async fn admin_client(env: &Env) -> PolicyAdminClient<Channel> {
     let addr = env
         .server
         .as_ref()
@@ -117,14 +117,14 @@ impl Admin {
     }
 }
 
-fn with_token<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut r = Request::new(message);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     r
 }
 
-fn binding(name: &str, sa: &ServiceAccount, role: &str) -> pb::Binding {
+pub(crate) fn binding(name: &str, sa: &ServiceAccount, role: &str) -> pb::Binding {
     pb::Binding {
         name: name.into(),
         service_accounts: vec![sa.unique_id.clone()],
@@ -965,13 +965,13 @@ async fn a_policy_file_is_read_only_through_the_admin_api() {
 // ---------------------------------------------------------------------------
 // Two replicas on one PostgreSQL.
 
-fn postgres_url() -> String {
+pub(crate) fn postgres_url() -> String {
     std::env::var("TOKENBRIDGE_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 /// A schema of this test's own (the store creates it), dropped at the end.
-async fn drop_schema(schema: &str) {
+pub(crate) async fn drop_schema(schema: &str) {
     let pool = sqlx::PgPool::connect(&postgres_url()).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
