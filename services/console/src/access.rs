@@ -68,9 +68,9 @@ impl Access {
     ) -> Result<Principal, PageError> {
         match self {
             Access::Loopback => {
-                if let Some(peer) = peer
-                    && !peer.ip().is_loopback()
-                {
+                // No peer address: served without `ConnectInfo`, so where the
+                // request comes from is unknown; refused, never assumed.
+                if peer.is_none_or(|peer| !peer.ip().is_loopback()) {
                     return Err(PageError::new(
                         StatusCode::FORBIDDEN,
                         "Loopback only",
@@ -157,15 +157,20 @@ fn is_loopback_host(host: &str) -> bool {
 }
 
 /// A POST that the browser says comes from another site.
+///
+/// `Sec-Fetch-Site` decides when the browser sends it (every current
+/// browser does, over HTTPS and to localhost): only `same-origin` and
+/// `none` (typed by the person) pass. Without it, `Origin` must name the
+/// `Host`. (`Origin` alone is not enough: under this console's
+/// `Referrer-Policy: no-referrer` browsers send `Origin: null` with its own
+/// forms.) A client that sends neither is not a browser acting for someone
+/// else; the CSRF token still has to match.
 fn cross_site(method: &Method, headers: &HeaderMap) -> bool {
     if method == Method::GET || method == Method::HEAD {
         return false;
     }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes() == b"cross-site")
-    {
-        return true;
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return false;
@@ -255,5 +260,15 @@ mod tests {
         let mut s = HeaderMap::new();
         s.insert("sec-fetch-site", "cross-site".parse().unwrap());
         assert!(cross_site(&Method::POST, &s));
+        s.insert("sec-fetch-site", "same-site".parse().unwrap());
+        assert!(
+            cross_site(&Method::POST, &s),
+            "a sibling subdomain is another site"
+        );
+        // The console's own form under `Referrer-Policy: no-referrer`, as
+        // Chromium posts it.
+        s.insert("sec-fetch-site", "same-origin".parse().unwrap());
+        s.insert(header::ORIGIN, "null".parse().unwrap());
+        assert!(!cross_site(&Method::POST, &s));
     }
 }

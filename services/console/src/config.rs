@@ -23,6 +23,8 @@ pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCA
 pub const DEFAULT_IAP_JWKS_URI: &str = "https://www.gstatic.com/iap/verify/public_key-jwk";
 /// The default `iap_issuer`.
 pub const DEFAULT_IAP_ISSUER: &str = "https://cloud.google.com/iap";
+/// Shortest `csrf_secret_file` accepted, in bytes.
+pub const CSRF_SECRET_MIN_BYTES: usize = crate::csrf::MIN_SECRET_BYTES;
 /// Longest email accepted in `viewers` and `admins`.
 const MAX_EMAIL: usize = 254;
 
@@ -51,6 +53,19 @@ pub struct ConsoleConfig {
     /// The key of the forms' CSRF tokens, shared by replicas.
     #[serde(default)]
     pub csrf_secret_file: Option<PathBuf>,
+}
+
+/// Reads `csrf_secret_file`: the key, or why it cannot be used (unreadable,
+/// or shorter than [`CSRF_SECRET_MIN_BYTES`]).
+pub fn read_csrf_secret(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    let secret = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+    if secret.len() < CSRF_SECRET_MIN_BYTES {
+        return Err(format!(
+            "holds {} bytes; at least {CSRF_SECRET_MIN_BYTES} are needed",
+            secret.len()
+        ));
+    }
+    Ok(secret)
 }
 
 fn default_listen() -> SocketAddr {

@@ -39,7 +39,7 @@ mod render;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use axum::{
     Router,
@@ -49,7 +49,6 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use tokio::net::TcpListener;
 
 pub use access::LOOPBACK_ACTOR;
 pub use backend::{Backend, BackendError, Decision, MinuteBucket, Outcome, Status, TrustPolicy};
@@ -99,27 +98,22 @@ pub(crate) struct App {
 }
 
 /// The console's routes over `backend`, authenticated as `config` says.
-/// Checks `config` first ([`ConsoleConfig::check`]). Serve it with
-/// [`serve`] (which passes the peer address the loopback check uses).
+/// Checks `config` first ([`ConsoleConfig::check`]). Serve it with an HTTP
+/// server that puts the peer's address in each request's extensions as
+/// `axum::extract::ConnectInfo<SocketAddr>` (the tokenbridge server's
+/// hardened listener does; so does `axum::serve` with
+/// `into_make_service_with_connect_info::<SocketAddr>()`): without it, the
+/// loopback-only console refuses every request.
 pub fn router(config: &ConsoleConfig, backend: Arc<dyn Backend>) -> Result<Router, ConsoleError> {
     config.check().map_err(ConsoleError::Config)?;
     render::check().map_err(ConsoleError::Templates)?;
     let csrf = match &config.csrf_secret_file {
         Some(path) => {
-            let secret = std::fs::read(path).map_err(|e| ConsoleError::CsrfSecret {
-                path: path.clone(),
-                reason: format!("cannot be read: {e}"),
-            })?;
-            if secret.len() < csrf::MIN_SECRET_BYTES {
-                return Err(ConsoleError::CsrfSecret {
+            let secret =
+                config::read_csrf_secret(path).map_err(|reason| ConsoleError::CsrfSecret {
                     path: path.clone(),
-                    reason: format!(
-                        "holds {} bytes; at least {} are needed",
-                        secret.len(),
-                        csrf::MIN_SECRET_BYTES
-                    ),
-                });
-            }
+                    reason,
+                })?;
             csrf::Csrf::new(&secret)
         }
         None => csrf::Csrf::random().map_err(|_| ConsoleError::Random)?,
@@ -162,21 +156,6 @@ pub fn router(config: &ConsoleConfig, backend: Arc<dyn Backend>) -> Result<Route
         .merge(pages)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::map_response(security_headers)))
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, then lets
-/// requests in flight finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 async fn security_headers(mut response: Response) -> Response {

@@ -66,9 +66,15 @@ async fn start(config: ConsoleConfig, backend: Arc<MemoryBackend>) -> Console {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(tokenbridge_console::serve(listener, router, async move {
-        let _ = stopped.await;
-    }));
+    // As the server serves it: with the peer address the loopback check reads.
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move {
+        axum::serve(listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
     Console {
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()

@@ -28,6 +28,13 @@
 //! listener (see [`crate::policy_admin`]); on shutdown it stops taking calls
 //! with the exchange listener and its calls in flight get the same drain
 //! time.
+//!
+//! Console: with `[console]`, the web console (crate `tokenbridge-console`,
+//! backend [`crate::console`]) on `console.listen`, bound at start (a bind
+//! error fails the start) and served by the hardened HTTP server
+//! ([`crate::transport::http`]). The audit log then also keeps the recent
+//! decisions in a ring for it. It stops taking requests when the exchange
+//! listener does; its requests in flight get the same drain time.
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use tokio_util::task::AbortOnDropHandle;
@@ -42,13 +49,15 @@ use crate::{
     aws::cache::{CredentialCache, SystemClock},
     aws::sts::Sts,
     config::Config,
+    console::{ConsoleBackend, ConsoleParts},
     exchange::Exchange,
     google::jwks::Jwks,
     google::jwt::Verifier,
     health::{HealthHandle, health},
     issuer::Issuer,
-    observability::audit::{AuditError, AuditLog, AuditSink},
+    observability::audit::{AuditError, AuditLog, AuditSink, recent::RecentDecisions},
     observability::metrics::{Metrics, MetricsError},
+    observability::policy_sync::PolicySync,
     observability::probes,
     policy_admin::{AdminAccess, PolicyAdminServer, PolicyAdminService, PolicySource},
     store::{PolicyStore as _, Store, StoreError, load_snapshot},
@@ -107,6 +116,9 @@ pub enum AppError {
     /// An issuer key file cannot be used.
     #[error("issuer key {}: {}", .0.display(), .1)]
     Issuer(std::path::PathBuf, String),
+    /// The console cannot be set up (its CSRF key file, IAP's HTTP client).
+    #[error("console: {0}")]
+    Console(#[from] tokenbridge_console::ConsoleError),
 }
 
 /// A running service.
@@ -122,6 +134,8 @@ pub struct Running {
     pub policy_admin_addr: Option<SocketAddr>,
     /// The address of the issuer discovery listener (HTTPS), if any.
     pub discovery_addr: Option<SocketAddr>,
+    /// The address of the web console's listener (HTTP), if any.
+    pub console_addr: Option<SocketAddr>,
     _discovery: Option<AbortOnDropHandle<std::io::Result<()>>>,
     metrics: Arc<Metrics>,
     exchange: Arc<Exchange>,
@@ -203,6 +217,8 @@ pub async fn start_on(
     let policy_admin_addr = policy_admin_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok());
+    let console = service.bind_console().await?;
+    let console_addr = console.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let (discovery_addr, discovery) = match (service.exchange.issuer(), &service.config.tls) {
         (Some(issuer), Some(tls_config)) if issuer.config().listen.is_some() => {
             let addr = issuer.config().listen.unwrap_or(addr);
@@ -234,6 +250,7 @@ pub async fn start_on(
         tls_listener,
         admin_listener,
         policy_admin_listener,
+        console,
         async {
             let _ = rx.await;
         },
@@ -244,6 +261,7 @@ pub async fn start_on(
         admin_addr,
         policy_admin_addr,
         discovery_addr,
+        console_addr,
         _discovery: discovery,
         metrics,
         exchange,
@@ -268,12 +286,14 @@ pub async fn serve(
     let tls_listener = service.bind_tls().await?;
     let admin_listener = service.bind_admin().await?;
     let policy_admin_listener = service.bind_policy_admin().await?;
+    let console = service.bind_console().await?;
     service
         .serve(
             listener,
             tls_listener,
             admin_listener,
             policy_admin_listener,
+            console,
             shutdown,
         )
         .await
@@ -304,6 +324,10 @@ struct Service {
     metrics: Arc<Metrics>,
     audit: Arc<AuditLog>,
     store: Option<Store>,
+    /// With `[store]`: how far the policy in force is behind it.
+    policy_sync: Option<Arc<PolicySync>>,
+    /// With `[console]`: the decisions the audit log keeps for it.
+    recent: Option<Arc<RecentDecisions>>,
 }
 
 impl Service {
@@ -341,7 +365,20 @@ impl Service {
             Some(t) => Some(Arc::new(TlsReloader::new(t.clone())?)),
             None => None,
         };
-        let audit = Arc::new(AuditLog::open(&config.audit, metrics.clone())?);
+        let recent = config
+            .console
+            .as_ref()
+            .map(|_| Arc::new(RecentDecisions::default()));
+        let mut audit = AuditLog::open(&config.audit, metrics.clone())?;
+        if let Some(recent) = &recent {
+            audit = audit.with_recent(recent.clone());
+        }
+        let audit = Arc::new(audit);
+        let policy_sync = store.as_ref().map(|_| {
+            let sync = Arc::new(PolicySync::new());
+            metrics.observe_policy(&sync);
+            sync
+        });
         Ok(Self {
             config,
             jwks,
@@ -352,7 +389,45 @@ impl Service {
             metrics,
             audit,
             store,
+            policy_sync,
+            recent,
         })
+    }
+
+    /// Where the bindings come from: the store, else the policy file.
+    fn policy_source(&self) -> PolicySource {
+        match (&self.store, &self.config.policy_file) {
+            (Some(store), _) => PolicySource::Store(store.clone()),
+            (None, Some(file)) => PolicySource::File(file.clone()),
+            (None, None) => PolicySource::File("(none)".into()),
+        }
+    }
+
+    /// With `[console]`: its listener, bound, and its routes over this
+    /// service (built now, so that a bad CSRF key file fails the start).
+    async fn bind_console(&self) -> Result<Option<(TcpListener, axum::Router)>, AppError> {
+        let (Some(c), Some(recent)) = (&self.config.console, &self.recent) else {
+            return Ok(None);
+        };
+        let backend = ConsoleBackend::new(ConsoleParts {
+            source: self.policy_source(),
+            exchange: self.exchange.clone(),
+            audit: self.audit.clone(),
+            recent: recent.clone(),
+            metrics: self.metrics.clone(),
+            jwks: self.jwks.clone(),
+            policy_sync: self.policy_sync.clone(),
+            exchange_audiences: self.config.google.audiences.clone(),
+            issuer: self.config.issuer.clone(),
+        });
+        let router = tokenbridge_console::router(c, Arc::new(backend))?;
+        let listener = TcpListener::bind(c.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                addr: c.listen,
+                source,
+            })?;
+        Ok(Some((listener, router)))
     }
 
     async fn bind_policy_admin(&self) -> Result<Option<TcpListener>, AppError> {
@@ -377,11 +452,7 @@ impl Service {
             ..self.config.google.clone()
         };
         let admin_verifier = Arc::new(Verifier::new(&google, self.jwks.clone()));
-        let source = match (&self.store, &self.config.policy_file) {
-            (Some(store), _) => PolicySource::Store(store.clone()),
-            (None, Some(file)) => PolicySource::File(file.clone()),
-            (None, None) => PolicySource::File("(none)".into()),
-        };
+        let source = self.policy_source();
         Some(
             PolicyAdminService::new(
                 AdminAccess::new(admin_verifier, &p.principals),
@@ -421,12 +492,14 @@ impl Service {
         tls_listener: Option<TcpListener>,
         admin_listener: Option<TcpListener>,
         policy_admin_listener: Option<TcpListener>,
+        console: Option<(TcpListener, axum::Router)>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let policy_admin = self.policy_admin();
         let follow = self.store.clone().map(|store| {
             let exchange = self.exchange.clone();
-            AbortOnDropHandle::new(tokio::spawn(follow_store(store, exchange)))
+            let sync = self.policy_sync.clone();
+            AbortOnDropHandle::new(tokio::spawn(follow_store(store, exchange, sync)))
         });
         let policy_admin_addr = policy_admin_listener
             .as_ref()
@@ -486,6 +559,20 @@ impl Service {
                 }
             }))
         });
+        // The console stops taking requests with the exchange listener too;
+        // its requests in flight get the same drain time.
+        let console_addr = console.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let console_task = console.map(|(l, router)| {
+            let mut stopping = stop_policy_admin.subscribe();
+            let stop = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
+            AbortOnDropHandle::new(tokio::spawn(async move {
+                if let Err(e) = crate::transport::http::serve(l, router, stop).await {
+                    warn!(error = %e, "console listener failed");
+                }
+            }))
+        });
         let Service {
             config,
             jwks,
@@ -496,6 +583,7 @@ impl Service {
             metrics,
             audit,
             store,
+            ..
         } = self;
         let g = &config.google;
         let (reporter, health) = health();
@@ -538,6 +626,8 @@ impl Service {
             policy_file = ?config.policy_file,
             policy_store = store.as_ref().map(Store::backend_name),
             policy_admin_listen = ?policy_admin_addr,
+            console_listen = ?console_addr,
+            console_iap = config.console.as_ref().is_some_and(|c| c.iap_audience.is_some()),
             bindings,
             cache = ?config.cache,
             limits = ?config.limits,
@@ -605,6 +695,15 @@ impl Service {
             stop_policy_admin.send_replace(true);
             let _ = (&mut task).await;
         }
+        if let Some(mut task) = console_task {
+            stop_policy_admin.send_replace(true);
+            if tokio::time::timeout(drain, &mut task).await.is_err() {
+                warn!(
+                    drain_timeout_secs = drain.as_secs(),
+                    "drain timeout reached; closing remaining console requests"
+                );
+            }
+        }
         // Refusals' records are written without anyone waiting: let them land.
         audit_log.flush().await;
         drop((keys, janitor, tls_watch, follow));
@@ -661,6 +760,8 @@ async fn forget_idle_callers(rate_limits: Arc<RateLimits>, exchange: Arc<Exchang
         tick.tick().await;
         rate_limits.retain_recent();
         exchange.cache().retain_recent_budgets();
+        // Expired credentials leave the count (tokenbridge_cache_entries).
+        exchange.cache().sync().await;
     }
 }
 
@@ -685,7 +786,7 @@ async fn keep_keys(jwks: Arc<Jwks>, reporter: HealthHandle) {
 /// Keeps the exchange's policy in step with the store: loads and swaps in
 /// the policy whenever the store's revision changes. A failed load is
 /// logged and retried with backoff; meanwhile the last policy stays.
-async fn follow_store(store: Store, exchange: Arc<Exchange>) {
+async fn follow_store(store: Store, exchange: Arc<Exchange>, sync: Option<Arc<PolicySync>>) {
     use backon::BackoffBuilder as _;
     let new_backoff = || {
         backon::ExponentialBuilder::new()
@@ -715,6 +816,9 @@ async fn follow_store(store: Store, exchange: Arc<Exchange>) {
                         if exchange.advance_policy(snapshot) {
                             info!(revision, bindings, "policy reloaded from the store");
                         }
+                        if let Some(sync) = &sync {
+                            sync.loaded(exchange.snapshot().revision, revision);
+                        }
                         backoff = new_backoff();
                         break;
                     }
@@ -724,9 +828,16 @@ async fn follow_store(store: Store, exchange: Arc<Exchange>) {
                     }
                 }
             }
-            if let Err(e) = changes.changed().await {
-                warn!(error = %e, "policy store watch ended; subscribing again");
-                break;
+            match changes.changed().await {
+                Ok(revision) => {
+                    if let Some(sync) = &sync {
+                        sync.store_at(revision);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "policy store watch ended; subscribing again");
+                    break;
+                }
             }
         }
     }

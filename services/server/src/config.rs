@@ -47,6 +47,13 @@
 //! | `telemetry.otlp_endpoint` | none: traces off | OTLP/gRPC collector (see [`crate::observability::telemetry`]) |
 //! | `telemetry.sampling_ratio` | `1.0` | share of root traces sampled |
 //! | `telemetry.service_name` | `tokenbridge` | `service.name` of the traces |
+//! | `console.listen` | none: no console; `127.0.0.1:9465` once `[console]` is there | the web console's HTTP listener (see [`crate::console`] and the `tokenbridge-console` crate); without `iap_audience` it must be loopback |
+//! | `console.iap_audience` | none: loopback only | Identity-Aware Proxy's audience (`/projects/NUMBER/global/backendServices/ID` or `/projects/NUMBER/apps/PROJECT_ID`); set: every page needs IAP's signed header |
+//! | `console.iap_jwks_uri` | `https://www.gstatic.com/iap/verify/public_key-jwk` | IAP's public keys (https; http only to loopback) |
+//! | `console.iap_issuer` | `https://cloud.google.com/iap` | the assertions' `iss` |
+//! | `console.viewers` | `[]` | with IAP: emails that may look |
+//! | `console.admins` | `[]` | with IAP: emails that may also deny and allow |
+//! | `console.csrf_secret_file` | none: a random key per process | at least 32 bytes keying the forms' CSRF tokens, the same file on every replica behind one load balancer; relative to the config file's folder |
 //!
 //! The process reads no environment variable for its configuration except
 //! `RUST_LOG` (log filter).
@@ -78,6 +85,7 @@ pub use crate::{
 use crate::{
     observability::audit::AuditSink, observability::probes::DEFAULT_LISTEN, transport::limits::Rate,
 };
+pub use tokenbridge_console::ConsoleConfig;
 use tokenbridge_issuer::DEFAULT_AUDIENCE;
 
 /// The validated service configuration.
@@ -109,6 +117,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// `[issuer]`: issuer mode, if configured.
     pub issuer: Option<IssuerConfig>,
+    /// `[console]`: the web console, if enabled.
+    pub console: Option<ConsoleConfig>,
 }
 
 /// `[server]`.
@@ -144,6 +154,19 @@ struct RawConfig {
     #[serde(default)]
     telemetry: RawTelemetry,
     issuer: Option<RawIssuer>,
+    console: Option<Spanned<RawConsole>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConsole {
+    listen: Option<Spanned<String>>,
+    iap_audience: Option<Spanned<String>>,
+    iap_jwks_uri: Option<Spanned<String>>,
+    iap_issuer: Option<Spanned<String>>,
+    viewers: Option<Spanned<Vec<Spanned<String>>>>,
+    admins: Option<Spanned<Vec<Spanned<String>>>>,
+    csrf_secret_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +589,15 @@ impl Config {
             .issuer
             .as_ref()
             .map(|i| issuer(&mut problems, i, path, raw.tls.as_ref()));
+        let console = raw.console.as_ref().map(|c| {
+            let taken = [
+                Some(listen),
+                admin.listen,
+                policy_admin.as_ref().map(|p| p.listen),
+                tls.as_ref().map(|t| t.listen),
+            ];
+            console(&mut problems, c, path, &taken)
+        });
 
         if !problems.found.is_empty() {
             return Err(problems.found);
@@ -605,6 +637,7 @@ impl Config {
             audit,
             telemetry,
             issuer,
+            console,
         })
     }
 }
@@ -970,6 +1003,94 @@ fn issuer(
             span,
             format!("issuer.key_files: `{}`: {reason}", file.display()),
         );
+    }
+    config
+}
+
+fn console(
+    problems: &mut Problems<'_>,
+    section: &Spanned<RawConsole>,
+    config_path: &Path,
+    taken: &[Option<SocketAddr>],
+) -> ConsoleConfig {
+    let c = section.get_ref();
+    let defaults = ConsoleConfig::default();
+    let listen = match &c.listen {
+        None => defaults.listen,
+        Some(v) => match v.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if addr.port() != 0 && taken.contains(&Some(addr)) {
+                    problems.at(
+                        v.span(),
+                        "console.listen: must differ from the other listeners (server, tls, admin, policy_admin)",
+                    );
+                }
+                addr
+            }
+            Err(_) => {
+                problems.at(
+                    v.span(),
+                    format!(
+                        "console.listen: `{}` is not an IP address and port such as 127.0.0.1:9465",
+                        v.get_ref()
+                    ),
+                );
+                defaults.listen
+            }
+        },
+    };
+    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().trim().to_owned());
+    let list =
+        |problems: &mut Problems<'_>, key: &str, v: &Option<Spanned<Vec<Spanned<String>>>>| {
+            v.as_ref()
+                .map(|v| strings(problems, key, v))
+                .unwrap_or_default()
+        };
+    let base = config_path.parent().unwrap_or(Path::new(""));
+    let csrf_secret_file = c.csrf_secret_file.as_ref().map(|v| {
+        let file = base.join(v.get_ref());
+        if v.get_ref().trim().is_empty() {
+            problems.at(v.span(), "console.csrf_secret_file: a path is required");
+        } else if let Err(reason) = tokenbridge_console::config::read_csrf_secret(&file) {
+            problems.at(
+                v.span(),
+                format!("console.csrf_secret_file: `{}` {reason}", file.display()),
+            );
+        }
+        file
+    });
+    let config = ConsoleConfig {
+        listen,
+        iap_audience: text(&c.iap_audience),
+        iap_jwks_uri: text(&c.iap_jwks_uri).unwrap_or(defaults.iap_jwks_uri),
+        iap_issuer: text(&c.iap_issuer).unwrap_or(defaults.iap_issuer),
+        viewers: list(problems, "console.viewers", &c.viewers),
+        admins: list(problems, "console.admins", &c.admins),
+        csrf_secret_file,
+    };
+    // The console's own rules, at the line of the key the problem names
+    // (the section's, for a key left at its default).
+    if let Err(reason) = config.check() {
+        let key_span = |key: &str| -> Option<std::ops::Range<usize>> {
+            match key {
+                "listen" => c.listen.as_ref().map(Spanned::span),
+                "iap_audience" => c.iap_audience.as_ref().map(Spanned::span),
+                "iap_jwks_uri" => c.iap_jwks_uri.as_ref().map(Spanned::span),
+                "iap_issuer" => c.iap_issuer.as_ref().map(Spanned::span),
+                "viewers" => c.viewers.as_ref().map(Spanned::span),
+                "admins" => c.admins.as_ref().map(Spanned::span),
+                _ => None,
+            }
+        };
+        let span = reason
+            .strip_prefix("console.")
+            .and_then(|rest| {
+                rest.split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_'))
+                    .next()
+            })
+            .and_then(key_span)
+            .unwrap_or_else(|| section.span());
+        problems.at(span, reason);
     }
     config
 }
@@ -1378,6 +1499,75 @@ file = "policy.toml"
             Some(Path::new("/etc/tb/policy.toml"))
         );
         assert!(c.store.is_none() && c.policy_admin.is_none());
+    }
+
+    #[test]
+    fn console_parses_and_its_problems_have_lines() {
+        let c = Config::from_toml_str(GOOD, Path::new("/etc/tb/config.toml")).unwrap();
+        assert!(c.console.is_none(), "off unless configured");
+        let src = format!("{GOOD}\n[console]\n");
+        let c = Config::from_toml_str(&src, Path::new("/etc/tb/config.toml")).unwrap();
+        assert_eq!(
+            c.console.unwrap(),
+            ConsoleConfig::default(),
+            "an empty section: loopback on 9465"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("csrf.key"), [7u8; 32]).unwrap();
+        let iap = format!(
+            "{GOOD}\n[console]\nlisten = \"0.0.0.0:9465\"\n\
+             iap_audience = \"/projects/1/global/backendServices/2\"\n\
+             admins = [\"ops@example.com\"]\nviewers = [\"dev@example.com\"]\n\
+             csrf_secret_file = \"csrf.key\"\n"
+        );
+        let c = Config::from_toml_str(&iap, &dir.path().join("config.toml"))
+            .unwrap()
+            .console
+            .unwrap();
+        assert_eq!(c.listen.port(), 9465);
+        assert_eq!(c.admins, ["ops@example.com"]);
+        assert_eq!(c.csrf_secret_file, Some(dir.path().join("csrf.key")));
+
+        let problems = |src: &str| {
+            Config::from_toml_str(src, &dir.path().join("c.toml"))
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // `[console]` is line 15, its first key line 16.
+        let open = problems(&format!("{GOOD}\n[console]\nlisten = \"0.0.0.0:9465\"\n"));
+        assert!(
+            open.contains("c.toml:16: console.listen 0.0.0.0:9465 is not a loopback address"),
+            "{open}"
+        );
+        let nobody = problems(&format!(
+            "{GOOD}\n[console]\niap_audience = \"/projects/1/apps/p\"\n"
+        ));
+        assert!(nobody.contains("c.toml:15:"), "{nobody}");
+        assert!(nobody.contains("both empty"), "{nobody}");
+        let bad = problems(&format!(
+            "{GOOD}\n[console]\nlisten = \"127.0.0.1:9464\"\niap_audience = \"123\"\n\
+             admins = [\"ops@example.com\"]\ncsrf_secret_file = \"missing.key\"\nport = 1\n"
+        ));
+        assert!(bad.contains("unknown field `port`"), "{bad}");
+        let bad = problems(&format!(
+            "{GOOD}\n[console]\nlisten = \"127.0.0.1:9464\"\niap_audience = \"123\"\n\
+             admins = [\"ops@example.com\"]\ncsrf_secret_file = \"missing.key\"\n"
+        ));
+        assert!(
+            bad.contains("c.toml:16: console.listen: must differ"),
+            "the admin listener's port: {bad}"
+        );
+        assert!(
+            bad.contains("c.toml:17: console.iap_audience \"123\" is not an IAP audience"),
+            "{bad}"
+        );
+        assert!(
+            bad.contains("c.toml:19: console.csrf_secret_file:") && bad.contains("cannot be read"),
+            "{bad}"
+        );
     }
 
     /// GOOD without its `[policy]` table.

@@ -14,7 +14,8 @@
 //!   deadline and size limits ([`transport::limits`]), TLS
 //!   ([`transport::tls`]).
 //! * [`policy_admin`]: the `PolicyAdmin` gRPC service; [`store`]: bindings
-//!   in SQLite or PostgreSQL.
+//!   in SQLite or PostgreSQL; [`console`]: the web console's view of this
+//!   replica (crate `tokenbridge-console`).
 //! * [`observability`]: metrics, the metrics and probes listener, the audit
 //!   log, traces.
 //! * [`config`]: the config file, assembled from each component's section
@@ -26,6 +27,7 @@
 pub mod app;
 pub mod aws;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod exchange;
 pub mod google;

@@ -222,12 +222,17 @@ impl CredentialCache {
         self
     }
 
-    /// How many credentials are cached (approximate, as moka counts).
+    /// How many credentials are cached. moka counts an insert or removal
+    /// only when its housekeeping runs, so this cache runs it after each
+    /// insert and removal of its own (on a miss, next to an STS call); and
+    /// the app's janitor runs [`sync`](Self::sync) every minute, for
+    /// entries that expired meanwhile.
     pub fn entry_count(&self) -> u64 {
         self.entries.entry_count()
     }
 
-    /// Runs moka's pending housekeeping (evictions), for exact counts in tests.
+    /// Runs moka's pending housekeeping (counts, evictions of expired
+    /// entries).
     pub async fn sync(&self) {
         self.entries.run_pending_tasks().await;
     }
@@ -255,6 +260,7 @@ impl CredentialCache {
         self.lookup(CacheLookup::Miss);
         let sts = self.sts.clone();
         let duration = req.duration_seconds;
+        let inserted = AtomicBool::new(false);
         let entry = self
             .entries
             .try_get_with(key.clone(), async {
@@ -263,10 +269,15 @@ impl CredentialCache {
                 self.spend_budget(&key)?;
                 let revision = self.revocations.load().revision();
                 let credentials = sts.assume_role(req.clone()).await?;
+                inserted.store(true, Ordering::Relaxed);
                 Ok::<_, StsError>(self.entry(credentials, duration, revision))
             })
             .await
             .map_err(|e| (*e).clone())?;
+        if inserted.load(Ordering::Relaxed) {
+            // So that `entry_count` (tokenbridge_cache_entries) counts it now.
+            self.sync().await;
+        }
         if self.revoked(&key, &entry) {
             // This request joined an STS call that began before this replica
             // learned of a revocation naming it: drop what it returned and
@@ -414,6 +425,7 @@ impl CredentialCache {
                 std::future::ready(op)
             })
             .await;
+        self.sync().await;
         matches!(removed, CompResult::Removed(_))
     }
 

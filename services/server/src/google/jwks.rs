@@ -132,6 +132,10 @@ impl KeyFreshness for Jwks {
     fn is_stale(&self) -> bool {
         Jwks::is_stale(self)
     }
+
+    fn key_count(&self) -> Option<usize> {
+        Jwks::key_count(self)
+    }
 }
 
 impl Jwks {
@@ -198,6 +202,12 @@ impl Jwks {
     pub fn key_age(&self) -> Option<Duration> {
         self.snapshot()
             .map(|set| Instant::now().saturating_duration_since(set.fetched_at))
+    }
+
+    /// How many keys the set in use holds; `None` before the first
+    /// successful fetch. For metrics and the console.
+    pub fn key_count(&self) -> Option<usize> {
+        self.snapshot().map(|set| set.keys.len())
     }
 
     /// Whether the key set in use is past its `max-age` (a refresh is

@@ -39,7 +39,7 @@ use std::{
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, errors::ErrorKind};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use sha2::{Digest as _, Sha256};
@@ -198,7 +198,6 @@ pub enum VerifyError {
 /// Verifies tokens against the configured issuers, audiences and JWKS.
 pub struct Verifier {
     jwks: Arc<Jwks>,
-    validation: Validation,
     issuers: HashSet<String>,
     audiences: HashSet<String>,
     verified: Option<moka::sync::Cache<[u8; 32], Arc<Claims>>>,
@@ -235,13 +234,6 @@ impl fmt::Debug for Verifier {
 impl Verifier {
     /// A verifier for `google`'s issuers and audiences, with keys from `jwks`.
     pub fn new(google: &GoogleConfig, jwks: Arc<Jwks>) -> Self {
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.leeway = SKEW_SECONDS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&google.issuers);
-        validation.set_audience(&google.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let verified = (google.verified_token_cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
                 .max_capacity(google.verified_token_cache_entries)
@@ -250,7 +242,6 @@ impl Verifier {
         });
         Self {
             jwks,
-            validation,
             issuers: google.issuers.iter().cloned().collect(),
             audiences: google.audiences.iter().cloned().collect(),
             verified,
@@ -283,9 +274,13 @@ impl Verifier {
             return Err(VerifyError::TooLarge(raw.len()));
         }
         // A token verified before is known by its SHA-256; only the
-        // time-dependent rules are checked again.
-        let digest: [u8; 32] = Sha256::digest(raw.as_bytes()).into();
-        if let Some(claims) = self.verified.as_ref().and_then(|c| c.get(&digest)) {
+        // time-dependent rules are checked again. (No digest at all when the
+        // cache is off: issue 16's profile of fresh tokens.)
+        let digest: Option<[u8; 32]> = self
+            .verified
+            .as_ref()
+            .map(|_| Sha256::digest(raw.as_bytes()).into());
+        if let Some(claims) = self.verified.as_ref().zip(digest).and_then(|(c, d)| c.get(&d)) {
             self.check_claims(&claims, now)?;
             return Ok(VerifiedToken {
                 token,
@@ -302,10 +297,20 @@ impl Verifier {
             KeyError::UnknownKid => VerifyError::UnknownKid,
             KeyError::Unavailable => VerifyError::KeysUnavailable,
         })?;
-        jsonwebtoken::decode::<de::IgnoredAny>(raw, &key, &self.validation)
-            .map_err(|e| map_jwt_error(e.kind()))?;
+        // The signature over `header.payload`, by jsonwebtoken's RS256
+        // verifier; the header and claims were parsed (strictly) above and
+        // are checked by `check_claims`, so they are not decoded twice
+        // (issue 16: `jsonwebtoken::decode` did both again).
+        let (message, signature) = raw
+            .rsplit_once('.')
+            .ok_or(VerifyError::Malformed("not a compact JWS"))?;
+        match jsonwebtoken::crypto::verify(signature, message.as_bytes(), &key, Algorithm::RS256) {
+            Ok(true) => {}
+            Ok(false) => return Err(VerifyError::BadSignature),
+            Err(e) => return Err(map_jwt_error(e.kind())),
+        }
         self.check_claims(&claims, now)?;
-        if let Some(cache) = &self.verified {
+        if let Some((cache, digest)) = self.verified.as_ref().zip(digest) {
             cache.insert(digest, Arc::new(claims.clone()));
         }
         Ok(VerifiedToken { token, claims })

@@ -20,6 +20,10 @@
 //! | `tokenbridge_jwks_fetches_total` | counter | `result` | fetches of Google's keys (start-up, background refresh, unknown `kid`): `ok`, `error` |
 //! | `tokenbridge_jwks_key_age_seconds` | gauge | | time since the keys in use were fetched (absent before the first fetch) |
 //! | `tokenbridge_jwks_keys_stale` | gauge | | 1 while the keys in use are past their `max-age` (refreshes failing), else 0 |
+//! | `tokenbridge_jwks_keys` | gauge | | signing keys in the set in use (absent before the first fetch) |
+//! | `tokenbridge_policy_revision` | gauge | | with `[store]`: the store revision of the policy in force on this replica |
+//! | `tokenbridge_policy_store_revision` | gauge | | with `[store]`: the store's latest revision this replica has learned of |
+//! | `tokenbridge_policy_lag_seconds` | gauge | | with `[store]`: how long this replica has been behind that revision (0 in step) |
 //! | `tokenbridge_rate_limited_total` | counter | `limit` | calls refused by a limit: `peer`, `subject` (rate limits), `concurrency` (shed) |
 //! | `tokenbridge_audit_records_total` | counter | `result` | audit records: `written`, `failed` (an issued call then failed closed with UNAVAILABLE), and for refusals also `queued` (for the blocking thread; no one waits) `summarised` (only counted: the sink was behind; see the `tokenbridge.audit_summary` line) and `lost` (queued, then the sink failed) |
 //! | `tokenbridge_audit_writes_total` | counter | `path` | writes of audit records: `inline` (a pipe or socket with room, by the calling task) or `blocking` (a round on the blocking thread: a file, or a pipe or socket whose reader is behind) |
@@ -42,6 +46,19 @@ pub trait KeyFreshness: Send + Sync {
     fn key_age(&self) -> Option<Duration>;
     /// Whether the keys in use are past their `max-age`.
     fn is_stale(&self) -> bool;
+    /// How many keys are in the set in use (`None` before the first fetch).
+    fn key_count(&self) -> Option<usize>;
+}
+
+/// How the policy in force follows the store, for the
+/// `tokenbridge_policy_*` gauges (the app's store follower implements it).
+pub trait PolicyFreshness: Send + Sync {
+    /// The store revision of the policy in force and the store's latest
+    /// revision learned of (`None` before the first load).
+    fn revisions(&self) -> Option<(u64, u64)>;
+    /// How long the policy in force has been behind the store's latest
+    /// revision (zero when in step; `None` before the first load).
+    fn lag(&self) -> Option<Duration>;
 }
 
 /// Boundaries (seconds) of the latency histograms: a cached exchange takes
@@ -86,6 +103,25 @@ impl std::fmt::Debug for Metrics {
         f.debug_struct("Metrics")
             .field("exported", &self.exporter.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// One series of a metric family, as [`Metrics::samples`] reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Its labels, name and value.
+    pub labels: Vec<(String, String)>,
+    /// Its value (a counter's total or a gauge's reading).
+    pub value: f64,
+}
+
+impl Sample {
+    /// The value of label `name`, if it has one.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -286,6 +322,7 @@ impl Metrics {
     pub fn observe_jwks<K: KeyFreshness + 'static>(&self, jwks: &Arc<K>) {
         let age = Arc::downgrade(jwks);
         let stale = Arc::downgrade(jwks);
+        let count = Arc::downgrade(jwks);
         let gauges = [
             self.meter
                 .f64_observable_gauge("tokenbridge_jwks_key_age")
@@ -308,6 +345,15 @@ impl Metrics {
                     }
                 })
                 .build(),
+            self.meter
+                .f64_observable_gauge("tokenbridge_jwks_keys")
+                .with_description("Signing keys in Google's key set in use")
+                .with_callback(move |o| {
+                    if let Some(n) = count.upgrade().and_then(|j| j.key_count()) {
+                        o.observe(n as f64, &[]);
+                    }
+                })
+                .build(),
         ];
         self.keep(gauges);
     }
@@ -326,6 +372,81 @@ impl Metrics {
             })
             .build();
         self.keep([gauge]);
+    }
+
+    /// Reports the revision of the policy in force, the store's, and the
+    /// lag between them, as `policy` says, at every scrape.
+    pub fn observe_policy<P: PolicyFreshness + 'static>(&self, policy: &Arc<P>) {
+        let (in_force, store, lag) = (
+            Arc::downgrade(policy),
+            Arc::downgrade(policy),
+            Arc::downgrade(policy),
+        );
+        let gauges = [
+            self.meter
+                .f64_observable_gauge("tokenbridge_policy_revision")
+                .with_description("Store revision of the policy in force on this replica")
+                .with_callback(move |o| {
+                    if let Some((r, _)) = in_force.upgrade().and_then(|p| p.revisions()) {
+                        o.observe(r as f64, &[]);
+                    }
+                })
+                .build(),
+            self.meter
+                .f64_observable_gauge("tokenbridge_policy_store_revision")
+                .with_description("The store's latest revision this replica has learned of")
+                .with_callback(move |o| {
+                    if let Some((_, r)) = store.upgrade().and_then(|p| p.revisions()) {
+                        o.observe(r as f64, &[]);
+                    }
+                })
+                .build(),
+            self.meter
+                .f64_observable_gauge("tokenbridge_policy_lag")
+                .with_unit("s")
+                .with_description(
+                    "How long the policy in force has been behind the store's latest revision",
+                )
+                .with_callback(move |o| {
+                    if let Some(l) = lag.upgrade().and_then(|p| p.lag()) {
+                        o.observe(l.as_secs_f64(), &[]);
+                    }
+                })
+                .build(),
+        ];
+        self.keep(gauges);
+    }
+
+    /// The samples of the metric family `name` as `/metrics` exposes them
+    /// (e.g. `tokenbridge_sts_requests_total`): each series' labels and
+    /// value, read from the same registry at this moment (observable gauges
+    /// are observed for it). Empty for [`disabled`](Self::disabled) metrics
+    /// or a family with no sample yet. For the console's status page.
+    pub fn samples(&self, name: &str) -> Vec<Sample> {
+        let Some(e) = &self.exporter else {
+            return Vec::new();
+        };
+        use prometheus::proto::MetricType;
+        e.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| {
+                let kind = f.get_field_type();
+                f.get_metric().iter().map(move |m| Sample {
+                    labels: m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                        .collect(),
+                    value: match kind {
+                        MetricType::COUNTER => m.get_counter().get_value(),
+                        MetricType::GAUGE => m.get_gauge().get_value(),
+                        _ => 0.0,
+                    },
+                })
+            })
+            .collect()
     }
 
     fn keep(&self, gauges: impl IntoIterator<Item = opentelemetry::metrics::ObservableGauge<f64>>) {

@@ -37,7 +37,7 @@ use crate::{
     error::Error,
     exchange::{Exchange, VerifyToken},
     observability::audit::{AdminEntry, AuditLog},
-    store::{AuditQuery, PolicyStore, Store, load_snapshot},
+    store::{AuditQuery, PolicyStore, Store},
     transport::{
         guard::{self, CallDeadline},
         limits::{LimitsConfig, Rate, RateLimits},
@@ -48,13 +48,16 @@ mod access;
 pub mod edge;
 mod mapping;
 mod revoke;
+mod source;
+
+pub(crate) use source::explain;
 
 pub use access::AdminAccess;
 
 pub use mapping::store_status;
 use mapping::{
-    audit_to_pb, check_deniable, check_service_account, denied_to_pb, page_after_name, page_size,
-    pb_to_caller, require_etag, required_binding, stored_to_pb,
+    audit_to_pb, page_after_name, page_size, pb_to_caller, require_etag, required_binding,
+    stored_to_pb,
 };
 
 /// `[policy_admin]`: the `PolicyAdmin` gRPC listener and who may call it.
@@ -212,39 +215,18 @@ impl PolicyAdminService {
     }
 
     fn store(&self) -> Result<&Store, Status> {
-        match &self.source {
-            PolicySource::Store(store) => Ok(store),
-            PolicySource::File(path) => Err(Status::failed_precondition(format!(
-                "the policy is read from the file {} and is read-only here: change the file and \
-                 reload (SIGHUP), or configure [store] to administer it through this API",
-                path.display()
-            ))),
-        }
+        self.source.store()
     }
 
     /// The policy as the store holds it now, or as the file was loaded.
     async fn snapshot(&self) -> Result<Arc<PolicySnapshot>, Status> {
-        match &self.source {
-            PolicySource::Store(store) => {
-                Ok(Arc::new(load_snapshot(store).await.map_err(store_status)?))
-            }
-            PolicySource::File(_) => Ok(self.exchange.snapshot()),
-        }
+        self.source.snapshot(&self.exchange).await
     }
 
     /// After a successful write: puts the store's policy in force on this
-    /// replica before answering, so the writer's next exchange already sees
-    /// it (other replicas follow the store within about a second).
+    /// replica before answering (see [`PolicySource::refresh`]).
     async fn refresh(&self) {
-        let PolicySource::Store(store) = &self.source else {
-            return;
-        };
-        match load_snapshot(store).await {
-            Ok(snapshot) => {
-                self.exchange.advance_policy(snapshot);
-            }
-            Err(e) => warn!(error = %e, "cannot reload the policy after an admin write"),
-        }
+        self.source.refresh(&self.exchange).await;
     }
 
     /// Runs `body` for the caller [`edge::Authenticate`] authenticated
@@ -351,24 +333,10 @@ impl PolicyAdmin for PolicyAdminService {
             |_, req| async move {
                 let limit = page_size(req.page_size)?;
                 let after = page_after_name(&req.page_token)?;
-                let mut page: Vec<pb::Binding> = match &self.source {
-                    PolicySource::Store(store) => store
-                        .list_bindings(&after, limit + 1)
-                        .await
-                        .map_err(store_status)?
-                        .into_iter()
-                        .map(stored_to_pb)
-                        .collect(),
-                    PolicySource::File(_) => {
-                        let snapshot = self.exchange.snapshot();
-                        snapshot
-                            .bindings()
-                            .filter(|b| b.name.as_str() > after.as_str())
-                            .take(limit as usize + 1)
-                            .map(|b| pb::Binding::from(b.clone()))
-                            .collect()
-                    }
-                };
+                let mut page = self
+                    .source
+                    .list_bindings(&self.exchange, &after, limit + 1)
+                    .await?;
                 let next_page_token = if page.len() > limit as usize {
                     page.truncate(limit as usize);
                     page.last().map(|b| b.name.clone()).unwrap_or_default()
@@ -392,23 +360,7 @@ impl PolicyAdmin for PolicyAdminService {
             "GetBinding",
             request,
             |r| r.name.clone(),
-            |_, req| async move {
-                match &self.source {
-                    PolicySource::Store(store) => store
-                        .get_binding(&req.name)
-                        .await
-                        .map(stored_to_pb)
-                        .map_err(store_status),
-                    PolicySource::File(_) => self
-                        .exchange
-                        .snapshot()
-                        .binding(&req.name)
-                        .map(|b| pb::Binding::from(b.clone()))
-                        .ok_or_else(|| {
-                            Status::not_found(format!("binding `{}` not found", req.name))
-                        }),
-                }
-            },
+            |_, req| async move { self.source.get_binding(&self.exchange, &req.name).await },
         )
         .await
     }
@@ -550,37 +502,7 @@ impl PolicyAdmin for PolicyAdminService {
                     }
                 };
                 let snapshot = self.snapshot().await?;
-                let explanation = snapshot.explain(&caller, &req.role_arn);
-                let mut response = pb::ExplainResponse {
-                    allowed: explanation.decision.is_ok(),
-                    service_account_denied: explanation.denied,
-                    claims: Some(pb::Claims::from(&caller)),
-                    bindings: explanation
-                        .evaluations
-                        .into_iter()
-                        .map(|e| pb::BindingEvaluation {
-                            binding: e.binding,
-                            outcome: pb::binding_evaluation::Outcome::from(e.outcome) as i32,
-                            details: e.details,
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
-                match explanation.decision {
-                    Ok(d) => {
-                        response.reason = format!(
-                            "allowed by {}",
-                            d.bindings.iter().cloned().collect::<Vec<_>>().join(", ")
-                        );
-                        response.role_arn = d.role_arn;
-                        response.max_duration_seconds = d.max_duration_seconds;
-                        response.default_duration_seconds = d.default_duration_seconds;
-                        response.session_policy = d.scope.session_policy.unwrap_or_default();
-                        response.managed_policy_arns = d.scope.managed_policy_arns;
-                    }
-                    Err(refusal) => response.reason = refusal.to_string(),
-                }
-                Ok(response)
+                Ok(source::explain(&snapshot, &caller, &req.role_arn))
             },
         )
         .await
@@ -663,13 +585,9 @@ impl PolicyAdmin for PolicyAdminService {
             request,
             |r| r.service_account.clone(),
             |actor, req| async move {
-                let store = self.store()?;
-                check_deniable(&req.service_account)?;
-                store
+                self.source
                     .deny(&actor, &req.service_account, &req.reason)
                     .await
-                    .map(denied_to_pb)
-                    .map_err(store_status)
             },
         )
         .await
@@ -684,12 +602,7 @@ impl PolicyAdmin for PolicyAdminService {
             request,
             |r| r.service_account.clone(),
             |actor, req| async move {
-                let store = self.store()?;
-                check_service_account(&req.service_account)?;
-                store
-                    .allow(&actor, &req.service_account)
-                    .await
-                    .map_err(store_status)?;
+                self.source.allow(&actor, &req.service_account).await?;
                 Ok(pb::AllowServiceAccountResponse {})
             },
         )
@@ -705,14 +618,8 @@ impl PolicyAdmin for PolicyAdminService {
             request,
             |_| String::new(),
             |_, _| async move {
-                let denied = match &self.source {
-                    PolicySource::Store(store) => {
-                        store.list_denied().await.map_err(store_status)?
-                    }
-                    PolicySource::File(_) => Vec::new(),
-                };
                 Ok(pb::ListDeniedResponse {
-                    denied: denied.into_iter().map(denied_to_pb).collect(),
+                    denied: self.source.list_denied().await?,
                 })
             },
         )

@@ -101,6 +101,8 @@ pub struct Options {
     /// The policy admin API.
     pub policy_admin: Option<PolicyAdminConfig>,
     pub issuer: Option<tokenbridge_server::config::IssuerConfig>,
+    /// The web console (`listen` on port 0 for a free one).
+    pub console: Option<tokenbridge_server::config::ConsoleConfig>,
 }
 
 impl Default for Options {
@@ -126,6 +128,7 @@ impl Default for Options {
             store: None,
             policy_admin: None,
             issuer: None,
+            console: None,
         }
     }
 }
@@ -165,6 +168,7 @@ pub fn config(jwks_uri: String, sts_endpoint: String, opts: &Options) -> Config 
         audit: opts.audit.clone(),
         telemetry: TelemetryConfig::default(),
         issuer: opts.issuer.clone(),
+        console: opts.console.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod common;
+mod console;
 mod exchange;
 mod issuer;
 mod observability;

@@ -70,6 +70,35 @@ fn exchanges(scrape: &Scrape, outcome: &str, code: &str) -> f64 {
     )
 }
 
+/// Issue 17: the cache gauge read 0 right after credentials were cached
+/// (moka counts inserts lazily). Black box: one exchange, one scrape.
+#[tokio::test]
+async fn the_cache_gauge_counts_credentials_as_soon_as_they_are_cached() {
+    let sts = FakeSts::start(FakeStsMode::Success).await;
+    let env = Env::start_with(Options {
+        sts_endpoint: Some(sts.endpoint()),
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(
+        value(&scrape(&env).await, "tokenbridge_cache_entries", &[]),
+        0.0
+    );
+    env.call(&env.token(&workload()), ROLE_A, 0).await.unwrap();
+    assert_eq!(
+        value(&scrape(&env).await, "tokenbridge_cache_entries", &[]),
+        1.0
+    );
+    // A hit adds nothing; another role is another entry.
+    env.call(&env.token(&workload()), ROLE_A, 0).await.unwrap();
+    env.call(&env.token(&workload()), ROLE_B, 0).await.unwrap();
+    assert_eq!(
+        value(&scrape(&env).await, "tokenbridge_cache_entries", &[]),
+        2.0
+    );
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn metrics_count_known_traffic() {
     let sts = FakeSts::start(FakeStsMode::Success).await;

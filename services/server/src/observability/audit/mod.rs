@@ -79,6 +79,7 @@ use tracing::{error, info};
 
 use crate::observability::metrics::Metrics;
 
+pub mod recent;
 mod record;
 
 pub use record::{AdminEntry, Decision, Entry};
@@ -195,6 +196,8 @@ pub struct AuditLog {
     gcp_project_id: Option<String>,
     metrics: Arc<Metrics>,
     ack_timeout: Duration,
+    /// The console's ring of recent decisions, if attached.
+    recent: Option<Arc<recent::RecentDecisions>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -267,7 +270,15 @@ impl AuditLog {
             gcp_project_id,
             metrics,
             ack_timeout: ACK_TIMEOUT,
+            recent: None,
         }
+    }
+
+    /// Also keeps every exchange decision in `recent` (the console's ring;
+    /// see [`recent`]). Without it, writing costs nothing more.
+    pub fn with_recent(mut self, recent: Arc<recent::RecentDecisions>) -> Self {
+        self.recent = Some(recent);
+        self
     }
 
     /// Waits `timeout` rather than [`ACK_TIMEOUT`] for a record to be
@@ -291,10 +302,15 @@ impl AuditLog {
     /// failing.
     pub async fn write(&self, entry: &Entry<'_>) -> bool {
         let line = entry.to_line(self.gcp_project_id.as_deref());
-        if entry.decision == Decision::Allow {
-            return self.write_line(line).await;
+        let written = if entry.decision == Decision::Allow {
+            self.write_line(line).await
+        } else {
+            self.write_unwaited(line, entry.outcome)
+        };
+        if let Some(recent) = &self.recent {
+            recent.record(entry, written);
         }
-        self.write_unwaited(line, entry.outcome)
+        written
     }
 
     /// Waits until every record handed in before this call is written (or
