@@ -173,7 +173,12 @@ fn whole_decision(c: &mut Criterion) {
     let mut group = c.benchmark_group("whole_decision_cache_hit");
     for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
         let jwks = Arc::new(
-            Jwks::new(server.uri(), Duration::from_secs(2), Duration::from_secs(30)).unwrap(),
+            Jwks::new(
+                server.uri(),
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+            )
+            .unwrap(),
         );
         assert!(rt.block_on(jwks.prefetch()));
         let verifier = Arc::new(Verifier::new(&google(server.uri(), entries), jwks));
