@@ -280,7 +280,12 @@ impl Verifier {
             .verified
             .as_ref()
             .map(|_| Sha256::digest(raw.as_bytes()).into());
-        if let Some(claims) = self.verified.as_ref().zip(digest).and_then(|(c, d)| c.get(&d)) {
+        if let Some(claims) = self
+            .verified
+            .as_ref()
+            .zip(digest)
+            .and_then(|(c, d)| c.get(&d))
+        {
             self.check_claims(&claims, now)?;
             return Ok(VerifiedToken {
                 token,

@@ -1181,7 +1181,8 @@ mod tests {
         }
         // A refusal joins the same batch; no one waits for it.
         assert_eq!(
-            log.writer.write_refusal(b"{\"n\":3}\n".to_vec(), "invalid_token"),
+            log.writer
+                .write_refusal(b"{\"n\":3}\n".to_vec(), "invalid_token"),
             "queued"
         );
         // The leader's write is done: it writes the queue as one batch.

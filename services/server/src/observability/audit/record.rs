@@ -149,10 +149,7 @@ pub(super) struct Record<'a> {
 
 impl Entry<'_> {
     /// The JSON line, newline included (public for the hot-path bench).
-    pub fn to_line(
-        &self,
-        gcp_project_id: Option<&str>,
-    ) -> Result<Vec<u8>, serde_json::Error> {
+    pub fn to_line(&self, gcp_project_id: Option<&str>) -> Result<Vec<u8>, serde_json::Error> {
         let facts = self.facts;
         let claims = facts.claims.as_ref();
         let gce = claims.and_then(|c| c.gce.as_deref());
