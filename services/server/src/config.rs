@@ -853,28 +853,13 @@ fn policy_admin(
             "bytes",
         ))
         .unwrap_or(d.max_request_bytes),
-        per_peer: {
-            let per_second = number(
-                problems,
-                "policy_admin.per_peer_requests_per_second",
-                &p.per_peer_requests_per_second,
-                d.per_peer.map_or(0, |r| u64::from(r.per_second.get())),
-                0..=1_000_000,
-                "requests per second",
-            );
-            let burst = number(
-                problems,
-                "policy_admin.per_peer_burst",
-                &p.per_peer_burst,
-                d.per_peer.map_or(1, |r| u64::from(r.burst.get())),
-                1..=1_000_000,
-                "requests",
-            );
-            Rate::new(
-                u32::try_from(per_second).unwrap_or(u32::MAX),
-                u32::try_from(burst).unwrap_or(u32::MAX),
-            )
-        },
+        per_peer: rate(
+            problems,
+            "policy_admin.per_peer",
+            &p.per_peer_requests_per_second,
+            &p.per_peer_burst,
+            d.per_peer,
+        ),
     };
     PolicyAdminConfig {
         listen,
@@ -1264,36 +1249,41 @@ fn fallback_regions(problems: &mut Problems<'_>, a: &RawAws) -> Vec<FallbackRegi
         .collect()
 }
 
+/// `PREFIX_requests_per_second` and `PREFIX_burst` (e.g. `limits.per_peer`)
+/// as a rate; `None` when the rate is 0 (off).
+fn rate(
+    problems: &mut Problems<'_>,
+    prefix: &str,
+    per_second: &Option<Spanned<i64>>,
+    burst: &Option<Spanned<i64>>,
+    default: Option<Rate>,
+) -> Option<Rate> {
+    let default_rate = default.map_or(0, |r| u64::from(r.per_second.get()));
+    let default_burst = default.map_or(1, |r| u64::from(r.burst.get()));
+    let per_second = number(
+        problems,
+        &format!("{prefix}_requests_per_second"),
+        per_second,
+        default_rate,
+        0..=1_000_000,
+        "requests per second",
+    );
+    let burst = number(
+        problems,
+        &format!("{prefix}_burst"),
+        burst,
+        default_burst,
+        1..=1_000_000,
+        "requests",
+    );
+    Rate::new(
+        u32::try_from(per_second).unwrap_or(u32::MAX),
+        u32::try_from(burst).unwrap_or(u32::MAX),
+    )
+}
+
 fn limits(problems: &mut Problems<'_>, l: &RawLimits) -> LimitsConfig {
     let d = LimitsConfig::default();
-    let rate = |problems: &mut Problems<'_>,
-                key: &str,
-                per_second: &Option<Spanned<i64>>,
-                burst: &Option<Spanned<i64>>,
-                default: Option<Rate>| {
-        let default_rate = default.map_or(0, |r| u64::from(r.per_second.get()));
-        let default_burst = default.map_or(1, |r| u64::from(r.burst.get()));
-        let per_second = number(
-            problems,
-            &format!("limits.{key}_requests_per_second"),
-            per_second,
-            default_rate,
-            0..=1_000_000,
-            "requests per second",
-        );
-        let burst = number(
-            problems,
-            &format!("limits.{key}_burst"),
-            burst,
-            default_burst,
-            1..=1_000_000,
-            "requests",
-        );
-        Rate::new(
-            u32::try_from(per_second).unwrap_or(u32::MAX),
-            u32::try_from(burst).unwrap_or(u32::MAX),
-        )
-    };
     LimitsConfig {
         max_concurrent_requests: usize::try_from(number(
             problems,
@@ -1341,7 +1331,7 @@ fn limits(problems: &mut Problems<'_>, l: &RawLimits) -> LimitsConfig {
         .unwrap_or(d.max_concurrent_streams),
         per_peer: rate(
             problems,
-            "per_peer",
+            "limits.per_peer",
             &l.per_peer_requests_per_second,
             &l.per_peer_burst,
             d.per_peer,
@@ -1351,7 +1341,7 @@ fn limits(problems: &mut Problems<'_>, l: &RawLimits) -> LimitsConfig {
             .unwrap_or(d.per_peer_exempt_loopback),
         per_subject: rate(
             problems,
-            "per_subject",
+            "limits.per_subject",
             &l.per_subject_requests_per_second,
             &l.per_subject_burst,
             d.per_subject,
