@@ -22,7 +22,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use headers::{CacheControl, HeaderMapExt as _};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -355,38 +354,8 @@ impl IapKeys {
     }
 
     async fn fetch(&self) -> Result<KeySet, String> {
-        let mut resp = self
-            .http
-            .get(&self.uri)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP status {}", resp.status()));
-        }
-        let max_age = resp
-            .headers()
-            .typed_get::<CacheControl>()
-            .and_then(|cc| cc.max_age())
-            .map_or(DEFAULT_MAX_AGE, |age| age.clamp(MIN_MAX_AGE, MAX_MAX_AGE));
-        if resp
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-        {
-            return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let tokenbridge_jwks::Fetched { body, max_age } =
+            tokenbridge_jwks::fetch(&self.http, &self.uri, &BOUNDS).await?;
         let (keys, skipped) = parse_key_set(&body)?;
         if keys.is_empty() {
             return Err(format!("no usable key in the set ({skipped} skipped)"));
@@ -406,37 +375,19 @@ impl IapKeys {
 
 /// The usable keys of a JWKS document by `kid`, and how many were skipped.
 fn parse_key_set(body: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, usize), String> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        keys: Vec<serde_json::Value>,
-    }
-    let doc: Doc = serde_json::from_slice(body).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = HashMap::new();
-    let mut skipped = 0;
-    for value in doc.keys {
-        match usable_key(value) {
-            Ok((kid, key)) if !keys.contains_key(&kid) => {
-                keys.insert(kid, Arc::new(key));
-            }
-            Ok(_) => {
-                debug!("IAP key skipped: duplicate kid");
-                skipped += 1;
-            }
-            Err(why) => {
-                debug!(reason = why, "IAP key skipped");
-                skipped += 1;
-            }
-        }
-    }
-    Ok((keys, skipped))
+    tokenbridge_jwks::parse_key_set(body, usable_key)
 }
 
-fn usable_key(value: serde_json::Value) -> Result<(String, DecodingKey), &'static str> {
-    let jwk: Jwk = serde_json::from_value(value).map_err(|_| "not a JWK")?;
-    let kid = match &jwk.common.key_id {
-        Some(kid) if !kid.is_empty() => kid.clone(),
-        _ => return Err("no kid"),
-    };
+/// What a fetch of IAP's keys accepts.
+const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
+    max_body_bytes: MAX_BODY_BYTES,
+    default_max_age: DEFAULT_MAX_AGE,
+    min_max_age: MIN_MAX_AGE,
+    max_max_age: MAX_MAX_AGE,
+};
+
+/// An ES256 (P-256) signature key.
+fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
     if !matches!(
         jwk.common.public_key_use,
         None | Some(PublicKeyUse::Signature)
@@ -452,8 +403,7 @@ fn usable_key(value: serde_json::Value) -> Result<(String, DecodingKey), &'stati
     if ec.curve != EllipticCurve::P256 {
         return Err("curve is not P-256");
     }
-    let key = DecodingKey::from_jwk(&jwk).map_err(|_| "unusable EC key")?;
-    Ok((kid, key))
+    DecodingKey::from_jwk(jwk).map_err(|_| "unusable EC key")
 }
 
 #[cfg(test)]

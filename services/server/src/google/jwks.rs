@@ -26,7 +26,7 @@
 //!   the keys are kept for [`DEFAULT_MAX_AGE`].
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::HashMap,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -36,7 +36,6 @@ use std::{
 
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use headers::{CacheControl, HeaderMapExt as _};
 use jsonwebtoken::{
     DecodingKey,
     jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse},
@@ -391,38 +390,8 @@ impl Jwks {
         err(Display, level = "debug")
     )]
     async fn fetch(&self) -> Result<KeySet, String> {
-        let mut resp = self
-            .http
-            .get(&self.uri)
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP status {}", resp.status()));
-        }
-        let max_age = resp
-            .headers()
-            .typed_get::<CacheControl>()
-            .and_then(|cc| cc.max_age())
-            .map_or(DEFAULT_MAX_AGE, |age| age.clamp(MIN_MAX_AGE, MAX_MAX_AGE));
-        if resp
-            .content_length()
-            .is_some_and(|len| len > MAX_BODY_BYTES as u64)
-        {
-            return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| format!("reading body: {e}"))?
-        {
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(format!("body larger than {MAX_BODY_BYTES} bytes"));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let tokenbridge_jwks::Fetched { body, max_age } =
+            tokenbridge_jwks::fetch(&self.http, &self.uri, &BOUNDS).await?;
         let (keys, skipped) = parse_key_set(&body)?;
         if keys.is_empty() {
             return Err(format!("no usable key in the set ({skipped} skipped)"));
@@ -447,43 +416,19 @@ impl Jwks {
 /// Parses a JWKS document, keeping the usable keys by `kid` and counting
 /// the skipped ones.
 fn parse_key_set(body: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, usize), String> {
-    #[derive(serde::Deserialize)]
-    struct Doc {
-        keys: Vec<serde_json::Value>,
-    }
-    // UTF-8 is checked first: serde_json does not check it inside the
-    // members it skips, and a document that is not UTF-8 is not JSON.
-    let body = std::str::from_utf8(body)
-        .map_err(|e| format!("not a JWKS document: not UTF-8 text ({e})"))?;
-    let doc: Doc = serde_json::from_str(body).map_err(|e| format!("not a JWKS document: {e}"))?;
-    let mut keys = HashMap::new();
-    let mut skipped = 0;
-    for value in doc.keys {
-        match usable_key(value) {
-            Ok((kid, key)) => match keys.entry(kid) {
-                Entry::Occupied(e) => {
-                    debug!(kid = %e.key(), "JWKS key skipped: duplicate kid");
-                    skipped += 1;
-                }
-                Entry::Vacant(e) => {
-                    e.insert(Arc::new(key));
-                }
-            },
-            Err(why) => {
-                debug!(reason = why, "JWKS key skipped");
-                skipped += 1;
-            }
-        }
-    }
-    Ok((keys, skipped))
+    tokenbridge_jwks::parse_key_set(body, usable_key)
 }
 
-fn usable_key(value: serde_json::Value) -> Result<(String, DecodingKey), &'static str> {
-    let jwk: Jwk = serde_json::from_value(value).map_err(|_| "not a JWK")?;
-    let kid = match &jwk.common.key_id {
-        Some(kid) if !kid.is_empty() => kid.clone(),
-        _ => return Err("no kid"),
-    };
+/// What a fetch of Google's keys accepts.
+const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
+    max_body_bytes: MAX_BODY_BYTES,
+    default_max_age: DEFAULT_MAX_AGE,
+    min_max_age: MIN_MAX_AGE,
+    max_max_age: MAX_MAX_AGE,
+};
+
+/// An RS256 signature key of at least 2048 bits with a sane exponent.
+fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
     if !matches!(
         jwk.common.public_key_use,
         None | Some(PublicKeyUse::Signature)
@@ -517,7 +462,7 @@ fn usable_key(value: serde_json::Value) -> Result<(String, DecodingKey), &'stati
         Some(e) if e >= 3 && e % 2 == 1 => {}
         _ => return Err("unusable RSA exponent"),
     }
-    Ok((kid, DecodingKey::from_rsa_raw_components(&n, &e)))
+    Ok(DecodingKey::from_rsa_raw_components(&n, &e))
 }
 
 fn modulus_bits(n: &[u8]) -> usize {
