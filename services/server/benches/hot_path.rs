@@ -38,6 +38,21 @@ fn google(jwks_uri: String, verified_token_cache_entries: u64) -> GoogleConfig {
     }
 }
 
+/// A verifier against `server`'s keys (fetched once), remembering up to
+/// `entries` verified tokens.
+fn verifier(rt: &tokio::runtime::Runtime, server: &JwksServer, entries: u64) -> Verifier {
+    let jwks = Arc::new(
+        Jwks::new(
+            server.uri(),
+            Duration::from_secs(2),
+            Duration::from_secs(30),
+        )
+        .unwrap(),
+    );
+    assert!(rt.block_on(jwks.prefetch()));
+    Verifier::new(&google(server.uri(), entries), jwks)
+}
+
 fn verification(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let issuer = Issuer::new();
@@ -48,16 +63,7 @@ fn verification(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("verify_token");
     for (name, entries) in [("rsa_every_time", 0), ("verified_token_cache_hit", 1000)] {
-        let jwks = Arc::new(
-            Jwks::new(
-                server.uri(),
-                Duration::from_secs(2),
-                Duration::from_secs(30),
-            )
-            .unwrap(),
-        );
-        assert!(rt.block_on(jwks.prefetch()));
-        let verifier = Verifier::new(&google(server.uri(), entries), jwks);
+        let verifier = verifier(&rt, &server, entries);
         rt.block_on(verifier.verify(Secret::new(token.clone())))
             .unwrap();
         group.bench_function(name, |b| {
@@ -172,16 +178,7 @@ fn whole_decision(c: &mut Criterion) {
     );
     let mut group = c.benchmark_group("whole_decision_cache_hit");
     for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
-        let jwks = Arc::new(
-            Jwks::new(
-                server.uri(),
-                Duration::from_secs(2),
-                Duration::from_secs(30),
-            )
-            .unwrap(),
-        );
-        assert!(rt.block_on(jwks.prefetch()));
-        let verifier = Arc::new(Verifier::new(&google(server.uri(), entries), jwks));
+        let verifier = Arc::new(verifier(&rt, &server, entries));
         let cache = CredentialCache::new(
             Arc::new(StaticSts),
             CacheConfig::default(),
