@@ -92,6 +92,23 @@ impl Admin {
         }
     }
 
+    /// [`Admin::sqlite`] with the audit log in a file: the server, the
+    /// folder (kept alive) and the file.
+    async fn sqlite_with_audit_file() -> (Self, tempfile::TempDir, std::path::PathBuf) {
+        use tokenbridge_server::observability::audit::{AuditConfig, AuditSink};
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let a = Self::sqlite_with(Options {
+            audit: AuditConfig {
+                sink: AuditSink::File(log.clone()),
+                gcp_project_id: None,
+            },
+            ..Options::default()
+        })
+        .await;
+        (a, dir, log)
+    }
+
     fn token(&self) -> String {
         self.env.issuer.token(&admin_sa(), ADMIN_AUDIENCE)
     }
@@ -115,6 +132,17 @@ impl Admin {
     ) -> Result<pb::GetCredentialsResponse, Status> {
         self.env.call(&self.env.token(sa), role, 0).await
     }
+}
+
+/// The audit file's text and its `tokenbridge.admin` records.
+fn admin_lines(log: &std::path::Path) -> (String, Vec<Value>) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let admin = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["event"] == "tokenbridge.admin")
+        .collect();
+    (text, admin)
 }
 
 pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
@@ -1076,17 +1104,7 @@ async fn two_replicas_on_postgres_agree_within_two_seconds() {
 
 #[tokio::test]
 async fn every_admin_call_leaves_an_audit_line_refusals_included() {
-    use tokenbridge_server::observability::audit::{AuditConfig, AuditSink};
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let a = Admin::sqlite_with(Options {
-        audit: AuditConfig {
-            sink: AuditSink::File(log.clone()),
-            gcp_project_id: None,
-        },
-        ..Options::default()
-    })
-    .await;
+    let (a, _dir, log) = Admin::sqlite_with_audit_file().await;
     a.create(binding("etl", &caller(), ROLE_A)).await.unwrap();
     let outsider = a.env.issuer.token(&caller(), ADMIN_AUDIENCE);
     let refused = a
@@ -1104,12 +1122,7 @@ async fn every_admin_call_leaves_an_audit_line_refusals_included() {
     assert_eq!(refused.code(), Code::PermissionDenied);
     // Stopping the server flushes the audit writer.
     a.env.stop().await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let admin: Vec<Value> = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["event"] == "tokenbridge.admin")
-        .collect();
+    let (text, admin) = admin_lines(&log);
     assert_eq!(admin.len(), 2, "{text}");
     assert_eq!(admin[0]["method"], "CreateBinding");
     assert_eq!(admin[0]["actor"], admin_sa().email);
@@ -1319,17 +1332,7 @@ fn a_policy_admin_call_in_flight_at_shutdown_is_drained_not_cut() {
 /// authenticated caller's over-long target is cut in the audit line.
 #[tokio::test]
 async fn an_unauthenticated_callers_message_is_never_read_nor_audited() {
-    use tokenbridge_server::observability::audit::{AuditConfig, AuditSink};
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("audit.jsonl");
-    let a = Admin::sqlite_with(Options {
-        audit: AuditConfig {
-            sink: AuditSink::File(log.clone()),
-            gcp_project_id: None,
-        },
-        ..Options::default()
-    })
-    .await;
+    let (a, _dir, log) = Admin::sqlite_with_audit_file().await;
     let huge = "n".repeat(3 * 1024 * 1024);
     let refused = a
         .client
@@ -1360,15 +1363,10 @@ async fn an_unauthenticated_callers_message_is_never_read_nor_audited() {
         invalid.message()
     );
     a.env.stop().await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    let admin: Vec<Value> = text
-        .lines()
-        .map(|l| {
-            assert!(l.len() < 2048, "an audit line of {} bytes", l.len());
-            serde_json::from_str::<Value>(l).unwrap()
-        })
-        .filter(|v| v["event"] == "tokenbridge.admin")
-        .collect();
+    let (text, admin) = admin_lines(&log);
+    for line in text.lines() {
+        assert!(line.len() < 2048, "an audit line of {} bytes", line.len());
+    }
     assert_eq!(admin.len(), 2, "{text}");
     assert_eq!(admin[0]["method"], "CreateBinding");
     assert_eq!(admin[0]["code"], "UNAUTHENTICATED");
