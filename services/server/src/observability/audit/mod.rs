@@ -852,19 +852,7 @@ mod tests {
     #[tokio::test]
     async fn an_unwritable_sink_is_reported_and_a_writable_one_confirmed() {
         let facts = Facts::default();
-        let entry = Entry {
-            decision: Decision::Allow,
-            code: "UNAUTHENTICATED",
-            outcome: "invalid_token",
-            reason: "token expired",
-            requested_role_arn: "",
-            requested_duration_seconds: 0,
-            facts: &facts,
-            credentials: None,
-            peer: None,
-            trace: None,
-            elapsed: Duration::ZERO,
-        };
+        let entry = issued_entry(&facts);
         let full = AuditLog::open(
             &AuditConfig {
                 sink: AuditSink::File("/dev/full".into()),
@@ -899,6 +887,17 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// A refused call's entry (a bad token): no one waits for its record.
+    fn refused_entry(facts: &Facts) -> Entry<'_> {
+        Entry {
+            decision: Decision::Deny,
+            code: "UNAUTHENTICATED",
+            outcome: "invalid_token",
+            reason: "token expired",
+            ..issued_entry(facts)
+        }
     }
 
     /// An issued call's entry: the record a call waits for.
@@ -1066,19 +1065,7 @@ mod tests {
         )
         .with_ack_timeout(timeout);
         let facts = Facts::default();
-        let entry = Entry {
-            decision: Decision::Allow,
-            code: "OK",
-            outcome: "issued",
-            reason: "credentials issued",
-            requested_role_arn: "",
-            requested_duration_seconds: 0,
-            facts: &facts,
-            credentials: None,
-            peer: None,
-            trace: None,
-            elapsed: Duration::ZERO,
-        };
+        let entry = issued_entry(&facts);
         let started = tokio::time::Instant::now();
         assert!(!log.write(&entry).await, "not confirmed: fail closed");
         assert!(started.elapsed() >= timeout);
@@ -1122,19 +1109,7 @@ mod tests {
         .with_ack_timeout(Duration::from_secs(3600))
         .with_refusal_queue(2);
         let facts = Facts::default();
-        let refusal = Entry {
-            decision: Decision::Deny,
-            code: "UNAUTHENTICATED",
-            outcome: "invalid_token",
-            reason: "token expired",
-            requested_role_arn: "",
-            requested_duration_seconds: 0,
-            facts: &facts,
-            credentials: None,
-            peer: None,
-            trace: None,
-            elapsed: Duration::ZERO,
-        };
+        let refusal = refused_entry(&facts);
         // The sink does not move, and every refusal returns at once.
         for _ in 0..10 {
             assert!(log.write(&refusal).await);
