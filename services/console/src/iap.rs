@@ -25,7 +25,7 @@ use std::{
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
-    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse},
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
 };
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -388,12 +388,6 @@ const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
 
 /// An ES256 (P-256) signature key.
 fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
-    if !matches!(
-        jwk.common.public_key_use,
-        None | Some(PublicKeyUse::Signature)
-    ) {
-        return Err("use is not sig");
-    }
     if !matches!(jwk.common.key_algorithm, None | Some(KeyAlgorithm::ES256)) {
         return Err("alg is not ES256");
     }

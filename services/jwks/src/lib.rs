@@ -16,7 +16,7 @@ use std::{
 };
 
 use headers::{CacheControl, HeaderMapExt as _};
-use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
 use tracing::debug;
 
 /// What a fetch accepts.
@@ -78,9 +78,10 @@ pub async fn fetch(http: &reqwest::Client, uri: &str, bounds: &Bounds) -> Result
     Ok(Fetched { body, max_age })
 }
 
-/// The keys of a JWKS document by `kid` that `usable` keeps, and how many
-/// were skipped (not a JWK, refused by `usable` with its reason, or a `kid`
-/// seen before: the first one wins). `Err` when the body is not a JWKS
+/// The signature keys of a JWKS document by `kid` that `usable` keeps, and
+/// how many were skipped (not a JWK, no `kid`, a `use` other than `sig`,
+/// refused by `usable` with its reason, or a `kid` seen before: the first one
+/// wins). `Err` when the body is not a JWKS
 /// document at all.
 pub fn parse_key_set<K>(
     body: &[u8],
@@ -101,7 +102,10 @@ pub fn parse_key_set<K>(
         let kept = serde_json::from_value::<Jwk>(value)
             .map_err(|_| "not a JWK")
             .and_then(|jwk| match &jwk.common.key_id {
-                Some(kid) if !kid.is_empty() => Ok((kid.clone(), usable(&jwk)?)),
+                Some(kid) if !kid.is_empty() => match jwk.common.public_key_use {
+                    None | Some(PublicKeyUse::Signature) => Ok((kid.clone(), usable(&jwk)?)),
+                    Some(_) => Err("use is not sig"),
+                },
                 _ => Err("no kid"),
             });
         match kept {
@@ -135,16 +139,21 @@ mod tests {
             {"kty": "oct", "kid": "a", "k": "BBBB"},
             {"kty": "oct", "k": "CCCC"},
             {"kty": "oct", "kid": "b", "k": "DDDD", "use": "enc"},
-            {"not": "a jwk"}
+            {"not": "a jwk"},
+            {"kty": "oct", "kid": "c", "k": "EEEE"},
+            {"kty": "oct", "kid": "d", "k": "FFFF"}
         ]}"#;
-        let (keys, skipped) = parse_key_set(doc, |jwk| match jwk.common.public_key_use {
-            Some(_) => Err("use is set"),
-            None => Ok(jwk.common.key_id.clone().unwrap()),
+        let (keys, skipped) = parse_key_set(doc, |jwk| match jwk.common.key_id.as_deref() {
+            Some("d") => Err("refused by the rule"),
+            kid => Ok(kid.unwrap_or_default().to_string()),
         })
         .unwrap();
-        assert_eq!(keys.len(), 1);
-        assert_eq!(*keys["a"], "a");
-        assert_eq!(skipped, 4);
+        let mut kept: Vec<_> = keys.values().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["a", "c"]);
+        // The second "a", the one without a kid, "b" (use enc), the non-JWK
+        // and "d" (refused by the rule).
+        assert_eq!(skipped, 5);
         assert!(
             parse_key_set(b"\xff\xfe", |_| Ok(()))
                 .unwrap_err()

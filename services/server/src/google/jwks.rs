@@ -38,7 +38,7 @@ use backon::{BackoffBuilder as _, ExponentialBuilder};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     DecodingKey,
-    jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse},
+    jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations},
 };
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -429,12 +429,6 @@ const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
 
 /// An RS256 signature key of at least 2048 bits with a sane exponent.
 fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
-    if !matches!(
-        jwk.common.public_key_use,
-        None | Some(PublicKeyUse::Signature)
-    ) {
-        return Err("use is not sig");
-    }
     if let Some(ops) = &jwk.common.key_operations
         && !ops.iter().any(|op| matches!(op, KeyOperations::Verify))
     {
