@@ -152,10 +152,6 @@ impl TokenExchange for TokenExchangeService {
         if let Some(d) = &deadline {
             d.started();
         }
-        let deadline_at = deadline.map(|d| d.at()).or_else(|| {
-            self.request_timeout
-                .map(|t| tokio::time::Instant::now() + t)
-        });
         let req = ExchangeRequest {
             role_arn: message.role_arn,
             duration_seconds: message.duration_seconds,
@@ -175,12 +171,14 @@ impl TokenExchange for TokenExchangeService {
         }
         .instrument(span.clone());
         let limit_ms = self.request_timeout.map_or(0, |t| t.as_millis() as u64);
-        let mut result = match deadline_at {
-            None => call.await,
-            Some(at) => tokio::time::timeout_at(at, call)
-                .await
-                .unwrap_or(Err(Error::DeadlineExceeded(limit_ms))),
-        };
+        // Behind the guard its timer is the only one (see `guard`); served
+        // without it (in-process tests), the handler times itself.
+        let mut result = match (deadline, self.request_timeout) {
+            (Some(deadline), _) => deadline.bound(call).await,
+            (None, Some(limit)) => tokio::time::timeout(limit, call).await.ok(),
+            (None, None) => Some(call.await),
+        }
+        .unwrap_or(Err(Error::DeadlineExceeded(limit_ms)));
 
         if let Some(audit) = &self.audit
             && !matches!(&result, Err(e) if e.is_flood_control())

@@ -12,9 +12,19 @@
 //! 3. the **deadline**, counted from when the headers arrived. If the
 //!    handler has not started by then (the message, the request body, has
 //!    not arrived), the call ends with DEADLINE_EXCEEDED ([`Error::Stalled`])
-//!    and its concurrency permit is released. A handler that started is
-//!    given the rest of the deadline through [`CallDeadline`] and `grace`
-//!    beyond it (for its audit record), after which it is dropped too.
+//!    and its concurrency permit is released. A handler that started sees
+//!    the deadline through [`CallDeadline`]: what it wraps in
+//!    [`CallDeadline::bound`] ends when the deadline passes, and it is given
+//!    `grace` beyond it (for its audit record), after which it is dropped
+//!    too.
+//!
+//! One timer per call serves both: the guard's. When it fires for a
+//! handler that started, the guard marks the deadline passed and polls the
+//! call once more (the handler runs inside the guard's future, on the same
+//! task), so the handler's bounded part ends at once; the same timer is then
+//! reset to the end of the grace. The handler used to arm a second timer
+//! for the same instant, and a timer per call is not free on the hot path
+//! (BENCHMARKS.md, issue 16).
 //!
 //! Together with the HTTP/2 settings of [`super::http2`] (a stream limit
 //! per connection, keepalive), a caller that opens streams and never sends
@@ -23,9 +33,11 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
+    pin::pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -33,7 +45,7 @@ use std::{
 
 use futures_util::future::BoxFuture;
 use tokenbridge_proto::status::code_name;
-use tonic::{Code, Status, server::NamedService, transport::server::TcpConnectInfo};
+use tonic::{Status, server::NamedService, transport::server::TcpConnectInfo};
 use tower::{
     Service, ServiceBuilder,
     limit::{ConcurrencyLimit, GlobalConcurrencyLimitLayer},
@@ -44,6 +56,8 @@ use tracing::debug;
 use crate::{error::Error, observability::metrics::Metrics, transport::limits::RateLimits};
 
 type HttpRequest = http::Request<tonic::body::Body>;
+/// `grpc-status` of OUT_OF_RANGE, as it is on the wire.
+const OUT_OF_RANGE: &[u8] = b"11";
 type HttpResponse = http::Response<tonic::body::Body>;
 
 /// What a listener's guard enforces.
@@ -69,20 +83,65 @@ pub struct GuardSettings {
 /// The call's deadline, in the request's extensions for the handler, and
 /// whether the handler has started (its message arrived).
 #[derive(Clone, Debug)]
-pub struct CallDeadline {
+pub struct CallDeadline(Arc<DeadlineState>);
+
+#[derive(Debug)]
+struct DeadlineState {
     at: tokio::time::Instant,
-    started: Arc<AtomicBool>,
+    /// [`WAITING`], [`STARTED`] or [`PASSED`].
+    phase: AtomicU8,
 }
 
+/// The handler has not started: its message has not arrived.
+const WAITING: u8 = 0;
+/// The handler has its message.
+const STARTED: u8 = 1;
+/// The handler started and the deadline passed.
+const PASSED: u8 = 2;
+
 impl CallDeadline {
+    fn new(at: tokio::time::Instant) -> Self {
+        Self(Arc::new(DeadlineState {
+            at,
+            phase: AtomicU8::new(WAITING),
+        }))
+    }
+
     /// When the call must be answered.
     pub fn at(&self) -> tokio::time::Instant {
-        self.at
+        self.0.at
     }
 
     /// The handler has its message: from now on the call is not stalled.
     pub fn started(&self) {
-        self.started.store(true, Ordering::Release);
+        // Only from WAITING: a deadline that passed stays passed.
+        let _ =
+            self.0
+                .phase
+                .compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    fn has_started(&self) -> bool {
+        self.0.phase.load(Ordering::Acquire) != WAITING
+    }
+
+    /// Marks the deadline passed for a handler that started.
+    fn pass(&self) {
+        self.0.phase.store(PASSED, Ordering::Release);
+    }
+
+    /// `future`, ended with `None` once the guard finds the deadline
+    /// passed. It arms no timer of its own: it is polled inside the
+    /// guard's future, which polls it again when its timer fires.
+    pub async fn bound<F: Future>(&self, future: F) -> Option<F::Output> {
+        let mut future = pin!(future);
+        std::future::poll_fn(|cx| {
+            if self.0.phase.load(Ordering::Acquire) == PASSED {
+                return Poll::Ready(None);
+            }
+            future.as_mut().poll(cx).map(Some)
+        })
+        .await
     }
 
     /// The deadline of a call, from its extensions.
@@ -153,23 +212,32 @@ where
             }
             return Box::pin(std::future::ready(Ok(settings.refuse(limited))));
         }
-        let deadline = CallDeadline {
-            at: tokio::time::Instant::now() + settings.deadline,
-            started: Arc::new(AtomicBool::new(false)),
-        };
+        let deadline = CallDeadline::new(tokio::time::Instant::now() + settings.deadline);
         request.extensions_mut().insert(deadline.clone());
         let call = self.inner.call(request);
         Box::pin(async move {
-            tokio::pin!(call);
-            let answered = match tokio::time::timeout_at(deadline.at, &mut call).await {
-                Ok(answered) => Some(answered),
-                Err(_) if deadline.started.load(Ordering::Acquire) => {
-                    tokio::time::timeout_at(deadline.at + settings.grace, &mut call)
-                        .await
-                        .ok()
+            let mut call = pin!(call);
+            let mut timer = pin!(tokio::time::sleep_until(deadline.at()));
+            let mut grace_started = false;
+            let answered = std::future::poll_fn(|cx| {
+                loop {
+                    if let Poll::Ready(answered) = call.as_mut().poll(cx) {
+                        return Poll::Ready(Some(answered));
+                    }
+                    if timer.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if grace_started || !deadline.has_started() {
+                        return Poll::Ready(None);
+                    }
+                    // The handler's bounded part ends on the next poll; it
+                    // has the grace for its answer and audit record.
+                    deadline.pass();
+                    grace_started = true;
+                    timer.as_mut().reset(deadline.at() + settings.grace);
                 }
-                Err(_) => None,
-            };
+            })
+            .await;
             let response = match answered {
                 // LoadShed's only error: the concurrency limit is reached.
                 Some(Err(_shed)) => {
@@ -183,7 +251,7 @@ where
                     settings.refuse(Error::Overloaded(settings.max_concurrent))
                 }
                 Some(Ok(response)) => response,
-                None if deadline.started.load(Ordering::Acquire) => {
+                None if deadline.has_started() => {
                     settings.refuse(Error::DeadlineExceeded(settings.deadline.as_millis() as u64))
                 }
                 None => {
@@ -193,11 +261,10 @@ where
             };
             // The services never answer OUT_OF_RANGE themselves: this is
             // the codec's message size limit.
-            let out_of_range = (Code::OutOfRange as i32).to_string();
             if response
                 .headers()
                 .get("grpc-status")
-                .is_some_and(|code| code.as_bytes() == out_of_range.as_bytes())
+                .is_some_and(|code| code.as_bytes() == OUT_OF_RANGE)
             {
                 return Ok(settings.refuse(Error::MessageTooLarge(settings.max_request_bytes)));
             }
@@ -216,5 +283,30 @@ impl GuardSettings {
             m.exchange(kind, code_name(status.code()), None);
         }
         status.into_http()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_is_spelled_as_on_the_wire() {
+        assert_eq!(
+            OUT_OF_RANGE,
+            (tonic::Code::OutOfRange as i32).to_string().as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bound_future_ends_when_the_deadline_is_passed_and_not_before() {
+        let deadline = CallDeadline::new(tokio::time::Instant::now());
+        assert_eq!(deadline.bound(async { 1 }).await, Some(1));
+        deadline.pass();
+        assert_eq!(deadline.bound(async { 1 }).await, None);
+        // Once passed, a late `started` does not bring it back.
+        deadline.started();
+        assert!(deadline.has_started());
+        assert_eq!(deadline.bound(std::future::pending::<()>()).await, None);
     }
 }

@@ -202,12 +202,18 @@ async fn over_the_concurrency_limit_calls_are_shed_at_once_and_health_still_answ
 #[tokio::test]
 async fn a_call_past_the_request_deadline_is_unavailable_with_a_retry_hint() {
     let sts = FakeSts::start(FakeStsMode::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
     let env = Env::start_with(Options {
         sts_endpoint: Some(sts.endpoint()),
         sts_timeout: Duration::from_secs(20),
         limits: LimitsConfig {
             request_timeout: Duration::from_millis(300),
             ..LimitsConfig::default()
+        },
+        audit: tokenbridge_server::observability::audit::AuditConfig {
+            sink: tokenbridge_server::observability::audit::AuditSink::File(audit.clone()),
+            gcp_project_id: None,
         },
         ..Options::default()
     })
@@ -225,6 +231,23 @@ async fn a_call_past_the_request_deadline_is_unavailable_with_a_retry_hint() {
         status.message()
     );
     assert!(retry_delay(&status).is_some());
+    // The handler, not only the guard, saw the deadline (one timer serves
+    // both): the call has its audit record, with who asked and why it ended.
+    env.stop().await;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(lines[0]["outcome"], "deadline_exceeded", "{}", lines[0]);
+    assert_eq!(lines[0]["code"], "UNAVAILABLE", "{}", lines[0]);
+    assert_eq!(
+        lines[0]["sub"],
+        workload().unique_id.as_str(),
+        "{}",
+        lines[0]
+    );
 }
 
 #[tokio::test]
