@@ -49,6 +49,13 @@
 //! order, one per decision; a failed write fails every waiter in its batch.
 //! With one caller at a time this is exactly the inline write above.
 //!
+//! Issued records are **deferred** one step: the leader queues its own line
+//! and yields once (`tokio::task::yield_now`) before it writes, so the
+//! calls its worker has ready run first and their records join its batch.
+//! Without that, on two cores, a second writer rarely arrived during the
+//! leader's write and batches stayed near one record (BENCHMARKS.md, issue
+//! 16). A leader cancelled while it yields still writes the batch.
+//!
 //! The earlier design (every record through a writer task and a blocking
 //! thread) cost about a quarter of cache-hit throughput on 2 vCPUs: the
 //! hand-offs and wake-ups, on both sides of the connection (BENCHMARKS.md).
@@ -316,7 +323,7 @@ impl AuditLog {
     /// Waits until every record handed in before this call is written (or
     /// has failed): on shutdown, for the refusals no call waited for.
     pub async fn flush(&self) {
-        if let Written::Later(done) = self.writer.write(Vec::new()) {
+        if let Some(done) = self.writer.write(Vec::new()) {
             let _ = tokio::time::timeout(self.ack_timeout, done).await;
         }
     }
@@ -352,13 +359,23 @@ impl AuditLog {
     }
 
     async fn write_line(&self, line: Result<Vec<u8>, serde_json::Error>) -> bool {
+        let confirmed = |confirmed| async move {
+            matches!(
+                tokio::time::timeout(self.ack_timeout, confirmed).await,
+                Ok(Ok(true))
+            )
+        };
         let written = match line {
-            Ok(line) => match self.writer.write(line) {
-                Written::Now(written) => written,
-                Written::Later(confirmed) => matches!(
-                    tokio::time::timeout(self.ack_timeout, confirmed).await,
-                    Ok(Ok(true))
-                ),
+            Ok(line) => match self.writer.lead_or_join(line) {
+                Lead::Done(written) => written,
+                Lead::Join(rx) => confirmed(rx).await,
+                Lead::Leader(leading, rx) => {
+                    // The other calls this worker has ready run first and
+                    // queue their records behind ours: one write for all.
+                    tokio::task::yield_now().await;
+                    leading.finish();
+                    confirmed(rx).await
+                }
             },
             Err(e) => {
                 error!(error = %e, "cannot serialise an audit record");
@@ -371,10 +388,42 @@ impl AuditLog {
     }
 }
 
-/// Whether a record was written, or when it will have been.
-enum Written {
-    Now(bool),
-    Later(oneshot::Receiver<bool>),
+/// What a record someone waits for became: written or failed already,
+/// queued behind the holder of the sink, or queued first with the sink
+/// taken by this call, which writes the batch once the calls ready on its
+/// worker had their turn ([`Leading`]).
+enum Lead {
+    Done(bool),
+    Join(oneshot::Receiver<bool>),
+    Leader(Leading, oneshot::Receiver<bool>),
+}
+
+/// The sink, held by the call that leads the next batch. Dropped unused
+/// (the leading call was cancelled while it yielded), it still writes the
+/// batch and hands the sink back, so no record and no sink is lost.
+struct Leading {
+    writer: Arc<Writer>,
+    sink: Option<Sink>,
+}
+
+impl Leading {
+    /// Writes the batch (see [`Writer::release`]).
+    fn finish(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if let Some(sink) = self.sink.take() {
+            let state = self.writer.lock();
+            self.writer.release(state, sink);
+        }
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.release();
+    }
 }
 
 impl Writer {
@@ -383,14 +432,42 @@ impl Writer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A record someone waits for (issued credentials): written now, or
-    /// confirmed later.
-    fn write(self: &Arc<Self>, line: Vec<u8>) -> Written {
+    /// A record someone waits for, written at once if the sink is free:
+    /// `None` once written (or failed), else when it will have been.
+    fn write(self: &Arc<Self>, line: Vec<u8>) -> Option<oneshot::Receiver<bool>> {
         match self.submit(line, None) {
-            Submitted::Now(written) => Written::Now(written),
-            Submitted::Later(confirmed) => Written::Later(confirmed),
-            Submitted::Queued | Submitted::Summarised => Written::Now(false),
+            Submitted::Later(confirmed) => Some(confirmed),
+            Submitted::Now(_) | Submitted::Queued | Submitted::Summarised => None,
         }
+    }
+
+    /// A record someone waits for (issued credentials), by **deferred
+    /// group commit**: if the sink is free, this call takes it and queues
+    /// its line first; it writes the queue once the other calls its worker
+    /// has ready ran (a `yield_now`), so the records they produce meanwhile
+    /// share its `write(2)` and its reader's wake-up. If the sink is held,
+    /// the line joins the queue.
+    fn lead_or_join(self: &Arc<Self>, line: Vec<u8>) -> Lead {
+        let mut state = self.lock();
+        if state.lost {
+            return Lead::Done(false);
+        }
+        let Some(sink) = state.sink.take() else {
+            return match Self::enqueue(&mut state, line, None) {
+                Submitted::Later(rx) => Lead::Join(rx),
+                _ => Lead::Done(false),
+            };
+        };
+        let (tx, rx) = oneshot::channel();
+        state.pending.push(Pending::waited(line, tx));
+        drop(state);
+        Lead::Leader(
+            Leading {
+                writer: self.clone(),
+                sink: Some(sink),
+            },
+            rx,
+        )
     }
 
     /// A refusal's record: `written`, `queued` (no one waits for it),
@@ -1149,6 +1226,46 @@ mod tests {
         assert_eq!(individually + summarised, 10);
     }
 
+    /// Deferred group commit: issued records from calls that run while a
+    /// leader yields share its one write, in order; a leader cancelled
+    /// while it yields still writes the batch and hands the sink back.
+    #[tokio::test(flavor = "current_thread")]
+    async fn issued_records_of_one_scheduler_tick_share_one_write() {
+        use std::io::Read as _;
+        let metrics = Metrics::prometheus().unwrap();
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let sink = Sink::of_file(File::from(std::os::fd::OwnedFd::from(writer)));
+        let log = Arc::new(AuditLog::with_sink(sink, None, metrics.clone()));
+        let calls: Vec<_> = (0..5)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    log.write_line(Ok(format!("{{\"n\":{i}}}\n").into_bytes()))
+                        .await
+                })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap());
+        }
+        assert_eq!(writes(&metrics, "inline"), 1);
+
+        // A leader dropped while it yields: its batch is written anyway
+        // and the next record finds the sink.
+        let Lead::Leader(leading, rx) = log.writer.lead_or_join(b"{\"n\":5}\n".to_vec()) else {
+            panic!("the sink was free");
+        };
+        drop(leading);
+        assert!(rx.await.unwrap());
+        assert!(log.write_line(Ok(b"{\"n\":6}\n".to_vec())).await);
+        assert_eq!(writes(&metrics, "inline"), 3);
+        drop(log);
+        let mut all = String::new();
+        reader.read_to_string(&mut all).unwrap();
+        let want: String = (0..7).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+        assert_eq!(all, want);
+    }
+
     /// Group commit: records that arrive while a leader holds the sink are
     /// written by it as one batch (one `write`), in order, and everyone in
     /// the batch is confirmed.
@@ -1164,8 +1281,8 @@ mod tests {
         let mut confirmations = Vec::new();
         for i in 0..3 {
             match log.writer.write(format!("{{\"n\":{i}}}\n").into_bytes()) {
-                Written::Later(confirmed) => confirmations.push(confirmed),
-                Written::Now(_) => panic!("written while another call held the sink"),
+                Some(confirmed) => confirmations.push(confirmed),
+                None => panic!("written while another call held the sink"),
             }
         }
         // A refusal joins the same batch; no one waits for it.
