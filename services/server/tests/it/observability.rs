@@ -625,7 +625,9 @@ async fn an_audit_file_that_cannot_be_opened_stops_the_start() {
 #[tokio::test]
 async fn a_flood_of_refusals_against_a_stalled_audit_sink_does_not_starve_honest_calls() {
     use std::io::BufRead as _;
-    const FLOOD: usize = 1000;
+    // Enough refusal lines (each over 300 bytes) to fill the pipe even at
+    // the 1 MiB the server asks for.
+    const FLOOD: usize = 5000;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("audit.pipe");
     let made = std::process::Command::new("mkfifo")
