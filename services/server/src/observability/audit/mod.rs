@@ -762,7 +762,7 @@ impl WriterState {
     }
 }
 
-/// The size asked for an audit pipe (see [`Sink::of_file`]).
+/// The size asked for an audit pipe (see `Sink::pipe`).
 #[cfg(target_os = "linux")]
 const PIPE_SIZE: usize = 1 << 20;
 
@@ -772,7 +772,7 @@ enum Sink {
     File(File, FileKind),
     /// A pipe: `file` as opened (blocking, for the blocking thread), and a
     /// second open of the same pipe with `O_NONBLOCK` for the calling
-    /// task's writes (see [`Sink::of_file`]).
+    /// task's writes (see [`Sink::pipe`]).
     Pipe { file: File, nonblocking: File },
     /// Any other writer (tests): always written on a blocking thread.
     Writer(Box<dyn Write + Send>),
@@ -805,7 +805,9 @@ impl Sink {
     /// with `O_NONBLOCK`: what does not fit fails with `EAGAIN` and goes
     /// to the blocking thread. `O_NONBLOCK` on stdout itself would change
     /// it for everyone who shares that description. Without `/proc`, every
-    /// record goes through the blocking thread (correct, slower; logged).
+    /// record goes through the blocking thread (correct, slower; logged),
+    /// as on systems other than Linux.
+    #[cfg(target_os = "linux")]
     fn pipe(file: File) -> Self {
         use std::os::fd::AsRawFd as _;
         use std::os::unix::fs::OpenOptionsExt as _;
@@ -814,7 +816,6 @@ impl Sink {
         // blocking thread. Linux allows an unprivileged process up to
         // `/proc/sys/fs/pipe-max-size` (1 MiB by default); the kernel takes
         // pages only as the pipe fills. Refused, the pipe keeps its size.
-        #[cfg(target_os = "linux")]
         let _ = rustix::pipe::fcntl_setpipe_size(&file, PIPE_SIZE);
         let reopened = std::fs::OpenOptions::new()
             .write(true)
@@ -827,6 +828,12 @@ impl Sink {
                 Self::File(file, FileKind::Other)
             }
         }
+    }
+
+    /// A pipe sink elsewhere: always written on the blocking thread.
+    #[cfg(not(target_os = "linux"))]
+    fn pipe(file: File) -> Self {
+        Self::File(file, FileKind::Other)
     }
 
     /// Writes as much of `buf` as the sink takes without blocking (see the
