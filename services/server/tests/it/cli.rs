@@ -64,6 +64,32 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// The binary runs on jemalloc with the settings `.cargo/config.toml`
+/// compiles in (issue 16: two arenas, pages returned after a second), not on
+/// jemalloc's defaults, whose RSS is over the 64 MiB goal. jemalloc prints
+/// the options in force at exit when asked to.
+#[test]
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
+fn the_binary_runs_on_jemalloc_with_the_configured_settings() {
+    let out = Command::new(BIN)
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stats = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 2",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(
+            stats.lines().any(|l| l.trim_start().starts_with(option)),
+            "jemalloc does not report `{option}`; its statistics:\n{stats}"
+        );
+    }
+}
+
 #[test]
 fn check_accepts_the_sample_config() {
     let out = Command::new(BIN)
