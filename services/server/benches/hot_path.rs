@@ -18,8 +18,13 @@ use tokenbridge_server::{
     aws::cache::{CacheConfig, CacheKey, CredentialCache, SystemClock},
     aws::sts::{AssumeRole, AssumeRoleRequest, Credentials, StsError},
     config::{DEFAULT_ISSUERS, GoogleConfig},
+    exchange::{Exchange, ExchangeRequest, Issued},
     google::jwks::Jwks,
     google::jwt::Verifier,
+    observability::{
+        audit::{Decision, Entry, Facts},
+        telemetry::TraceIds,
+    },
 };
 use tokenbridge_testing::{Issuer, JwksServer, ServiceAccount};
 
@@ -158,56 +163,86 @@ fn cache_hit(c: &mut Criterion) {
     });
 }
 
+/// What a cache-hit exchange needs: Google's keys served over HTTP, one
+/// service account's token, and an `Exchange` whose credentials come from
+/// memory (`StaticSts`) under a 10-binding policy. `verified_token_cache`:
+/// the verified-token cache's size (0: off, RS256 on every call).
+struct CacheHitExchange {
+    keys: JwksServer,
+    exchange: Exchange,
+    token: String,
+    req: ExchangeRequest,
+}
+
+fn cache_hit_exchange(rt: &tokio::runtime::Runtime, verified_token_cache: u64) -> CacheHitExchange {
+    let issuer = Issuer::new();
+    let keys = rt.block_on(JwksServer::start(issuer.clone(), 3600));
+    let sub = (100_000_000_000_000_000_000u128 + 5).to_string();
+    let token = issuer.token(
+        &ServiceAccount::new(&sub, "b@p.iam.gserviceaccount.com"),
+        AUDIENCE,
+    );
+    let cache = CredentialCache::new(
+        Arc::new(StaticSts),
+        CacheConfig::default(),
+        Arc::new(SystemClock),
+    );
+    let exchange = Exchange::new(
+        Arc::new(verifier(rt, &keys, verified_token_cache)),
+        policy_of(10),
+        cache,
+    );
+    CacheHitExchange {
+        keys,
+        exchange,
+        token,
+        req: ExchangeRequest {
+            role_arn: ROLE.into(),
+            duration_seconds: 0,
+        },
+    }
+}
+
+/// The audit record of an issued call, as the handler writes it (no peer, no
+/// trace).
+fn issued_entry<'a>(req: &'a ExchangeRequest, facts: &'a Facts, issued: &'a Issued) -> Entry<'a> {
+    Entry {
+        decision: Decision::Allow,
+        code: "OK",
+        outcome: "issued",
+        reason: "credentials issued",
+        requested_role_arn: &req.role_arn,
+        requested_duration_seconds: req.duration_seconds,
+        facts,
+        credentials: Some(&issued.credentials),
+        peer: None,
+        trace: None,
+        elapsed: Duration::from_micros(87),
+    }
+}
+
 /// The whole decision of a cache-hit exchange, as the gRPC handler runs it
 /// minus the transport: `Exchange::exchange_recorded` (verify, policy,
 /// cache) and the audit record's JSON line. `reused_token`: the
 /// verified-token cache answers; `fresh_token`: it is off, so RS256 runs
 /// every time (a fleet whose metadata server mints a token per request).
 fn whole_decision(c: &mut Criterion) {
-    use tokenbridge_server::{
-        exchange::{Exchange, ExchangeRequest},
-        observability::audit::{Decision, Entry, Facts},
-    };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let issuer = Issuer::new();
-    let server = rt.block_on(JwksServer::start(issuer.clone(), 3600));
-    let sub = (100_000_000_000_000_000_000u128 + 5).to_string();
-    let token = issuer.token(
-        &ServiceAccount::new(&sub, "b@p.iam.gserviceaccount.com"),
-        AUDIENCE,
-    );
     let mut group = c.benchmark_group("whole_decision_cache_hit");
     for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
-        let verifier = Arc::new(verifier(&rt, &server, entries));
-        let cache = CredentialCache::new(
-            Arc::new(StaticSts),
-            CacheConfig::default(),
-            Arc::new(SystemClock),
-        );
-        let exchange = Exchange::new(verifier, policy_of(10), cache);
-        let req = ExchangeRequest {
-            role_arn: ROLE.into(),
-            duration_seconds: 0,
-        };
+        let CacheHitExchange {
+            keys: _keys,
+            exchange,
+            token,
+            req,
+        } = cache_hit_exchange(&rt, entries);
         let decide = || async {
             let mut facts = Facts::default();
             let issued = exchange
                 .exchange_recorded(Secret::new(black_box(token.clone())), &req, &mut facts)
                 .await
                 .unwrap();
-            let entry = Entry {
-                decision: Decision::Allow,
-                code: "OK",
-                outcome: "issued",
-                reason: "credentials issued",
-                requested_role_arn: &req.role_arn,
-                requested_duration_seconds: req.duration_seconds,
-                facts: &facts,
-                credentials: Some(&issued.credentials),
-                peer: None,
-                trace: None,
-                elapsed: Duration::ZERO,
-            };
+            let entry = issued_entry(&req, &facts, &issued);
             black_box(entry.to_line(None).unwrap())
         };
         // Warm: the credentials are cached.
@@ -217,11 +252,42 @@ fn whole_decision(c: &mut Criterion) {
     group.finish();
 }
 
+/// The audit record's JSON line alone (`Entry::to_line`), for an issued
+/// call with every field the handler fills in: the caller's claims, the
+/// decision, the credentials, the peer and a trace.
+fn audit_line(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let CacheHitExchange {
+        keys: _keys,
+        exchange,
+        token,
+        req,
+    } = cache_hit_exchange(&rt, 1000);
+    let mut facts = Facts::default();
+    let issued = rt
+        .block_on(exchange.exchange_recorded(Secret::new(token), &req, &mut facts))
+        .unwrap();
+    let trace = TraceIds {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: Some("00f067aa0ba902b7".into()),
+        sampled: true,
+    };
+    let entry = Entry {
+        peer: Some("10.1.2.3:45678".parse().unwrap()),
+        trace: Some(&trace),
+        ..issued_entry(&req, &facts, &issued)
+    };
+    c.bench_function("audit_line", |b| {
+        b.iter(|| black_box(entry.to_line(Some("my-project")).unwrap()))
+    });
+}
+
 criterion_group!(
     benches,
     verification,
     policy_lookup,
     cache_hit,
-    whole_decision
+    whole_decision,
+    audit_line
 );
 criterion_main!(benches);

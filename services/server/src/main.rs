@@ -14,8 +14,8 @@ use tracing::{error, info};
 /// glibc's malloc serves from its shared bins, consolidating its fast bins
 /// first; profiled flat out, malloc and free took 6.7 µs of each call's
 /// 50 µs against 1.8 µs in the null service. Measured in BENCHMARKS.md ("The
-/// allocator"): +16 % throughput against glibc in the same runs, RSS with
-/// 10,000 identities cached 60.5 MiB against glibc's 63 MiB.
+/// allocator"): +17 % cache-hit throughput against glibc in the same runs,
+/// RSS with 10,000 identities cached 60 MiB against glibc's 63 MiB.
 #[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

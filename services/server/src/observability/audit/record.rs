@@ -2,11 +2,14 @@
 //! decision ([`Entry`]) and per policy admin call ([`AdminEntry`]).
 
 use std::{
+    collections::BTreeSet,
+    fmt,
     net::SocketAddr,
     time::{Duration, SystemTime},
 };
 
-use serde::Serialize;
+use humantime::Rfc3339Timestamp;
+use serde::{Serialize, Serializer};
 
 use super::Facts;
 use crate::{aws::sts::Credentials, observability::telemetry::TraceIds};
@@ -79,17 +82,62 @@ pub(super) struct Labels {
     log: &'static str,
 }
 
+/// A value written as a JSON string through its `Display`, straight into
+/// the line (no `String` in between: issue 16's per-call allocations).
+struct Displayed<T>(T);
+
+impl<T: fmt::Display> Serialize for Displayed<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+/// Cloud Logging's trace name: `projects/PROJECT/traces/TRACE_ID`, or the
+/// trace ID alone when the project is not known.
+struct TraceName<'a> {
+    project: Option<&'a str>,
+    trace_id: &'a str,
+}
+
+impl fmt::Display for TraceName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.project {
+            Some(project) => write!(f, "projects/{project}/traces/{}", self.trace_id),
+            None => f.write_str(self.trace_id),
+        }
+    }
+}
+
+/// The matching bindings, as a JSON array (empty when there were none).
+struct Bindings<'a>(Option<&'a BTreeSet<String>>);
+
+impl Serialize for Bindings<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.into_iter().flatten())
+    }
+}
+
+/// A record's line: serialised into a buffer sized for a typical exchange
+/// record (about 600 bytes), so that it is not grown on the way, newline
+/// included.
+fn line_of<T: Serialize>(record: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let mut line = Vec::with_capacity(1024);
+    serde_json::to_writer(&mut line, record)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
 /// The JSON line. Field names are the documented contract of the log.
 #[derive(Serialize)]
 pub(super) struct Record<'a> {
-    time: String,
+    time: Displayed<Rfc3339Timestamp>,
     severity: &'static str,
     message: &'a str,
     #[serde(
         rename = "logging.googleapis.com/trace",
         skip_serializing_if = "Option::is_none"
     )]
-    trace: Option<String>,
+    trace: Option<Displayed<TraceName<'a>>>,
     #[serde(
         rename = "logging.googleapis.com/spanId",
         skip_serializing_if = "Option::is_none"
@@ -127,7 +175,7 @@ pub(super) struct Record<'a> {
     requested_duration_seconds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     role_arn: Option<&'a str>,
-    bindings: Vec<&'a str>,
+    bindings: Bindings<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     duration_seconds: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,11 +185,11 @@ pub(super) struct Record<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     access_key_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    expiration: Option<String>,
+    expiration: Option<Displayed<Rfc3339Timestamp>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sts_request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    peer: Option<String>,
+    peer: Option<Displayed<SocketAddr>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<&'a str>,
     elapsed_ms: f64,
@@ -160,12 +208,14 @@ impl Entry<'_> {
             Decision::Error => "exchange failed",
         };
         let record = Record {
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            time: Displayed(humantime::format_rfc3339_micros(SystemTime::now())),
             severity: self.decision.severity(),
             message,
-            trace: self.trace.map(|t| match gcp_project_id {
-                Some(project) => format!("projects/{project}/traces/{}", t.trace_id),
-                None => t.trace_id.clone(),
+            trace: self.trace.map(|t| {
+                Displayed(TraceName {
+                    project: gcp_project_id,
+                    trace_id: &t.trace_id,
+                })
             }),
             span_id: self.trace.and_then(|t| t.span_id.as_deref()),
             trace_sampled: self.trace.map(|t| t.sampled),
@@ -188,24 +238,18 @@ impl Entry<'_> {
             requested_role_arn: self.requested_role_arn,
             requested_duration_seconds: self.requested_duration_seconds,
             role_arn: facts.role_arn.as_deref(),
-            bindings: facts
-                .decision
-                .as_ref()
-                .map(|d| d.bindings.iter().map(String::as_str).collect())
-                .unwrap_or_default(),
+            bindings: Bindings(facts.decision.as_ref().map(|d| &d.bindings)),
             duration_seconds: facts.duration_seconds,
             role_session_name: facts.role_session_name.as_deref(),
             assumed_role_arn: creds.map(|c| c.assumed_role_arn.as_str()),
             access_key_id: creds.map(|c| c.access_key_id.as_str()),
-            expiration: creds.map(|c| humantime::format_rfc3339_seconds(c.expiration).to_string()),
+            expiration: creds.map(|c| Displayed(humantime::format_rfc3339_seconds(c.expiration))),
             sts_request_id: creds.and_then(|c| c.request_id.as_deref()),
-            peer: self.peer.map(|p| p.to_string()),
+            peer: self.peer.map(Displayed),
             trace_id: self.trace.map(|t| t.trace_id.as_str()),
             elapsed_ms: self.elapsed.as_secs_f64() * 1000.0,
         };
-        let mut line = serde_json::to_vec(&record)?;
-        line.push(b'\n');
-        Ok(line)
+        line_of(&record)
     }
 }
 
@@ -233,7 +277,7 @@ pub struct AdminEntry<'a> {
 
 #[derive(Serialize)]
 pub(super) struct AdminRecord<'a> {
-    time: String,
+    time: Displayed<Rfc3339Timestamp>,
     severity: &'static str,
     message: &'static str,
     #[serde(rename = "logging.googleapis.com/labels")]
@@ -246,7 +290,7 @@ pub(super) struct AdminRecord<'a> {
     code: &'static str,
     reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    peer: Option<String>,
+    peer: Option<Displayed<SocketAddr>>,
     elapsed_ms: f64,
 }
 
@@ -254,7 +298,7 @@ impl AdminEntry<'_> {
     pub(super) fn to_line(&self) -> Result<Vec<u8>, serde_json::Error> {
         let ok = self.code == "OK";
         let record = AdminRecord {
-            time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+            time: Displayed(humantime::format_rfc3339_micros(SystemTime::now())),
             severity: if ok { "NOTICE" } else { "WARNING" },
             message: if ok {
                 "policy admin call"
@@ -268,12 +312,10 @@ impl AdminEntry<'_> {
             target: self.target,
             code: self.code,
             reason: self.reason,
-            peer: self.peer.map(|p| p.to_string()),
+            peer: self.peer.map(Displayed),
             elapsed_ms: self.elapsed.as_secs_f64() * 1000.0,
         };
-        let mut line = serde_json::to_vec(&record)?;
-        line.push(b'\n');
-        Ok(line)
+        line_of(&record)
     }
 }
 
@@ -281,7 +323,7 @@ impl AdminEntry<'_> {
 /// sink was behind: how many, by outcome.
 #[derive(Serialize)]
 struct SummaryRecord<'a> {
-    time: String,
+    time: Displayed<Rfc3339Timestamp>,
     severity: &'static str,
     message: String,
     #[serde(rename = "logging.googleapis.com/labels")]
@@ -297,7 +339,7 @@ pub(super) fn summary_line(
 ) -> Result<Vec<u8>, serde_json::Error> {
     let refusals = counts.values().sum();
     let record = SummaryRecord {
-        time: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+        time: Displayed(humantime::format_rfc3339_micros(SystemTime::now())),
         severity: "WARNING",
         message: format!(
             "{refusals} refused calls were counted, not recorded one by one: the audit sink was behind"
@@ -307,7 +349,5 @@ pub(super) fn summary_line(
         refusals,
         by_outcome: counts,
     };
-    let mut line = serde_json::to_vec(&record)?;
-    line.push(b'\n');
-    Ok(line)
+    line_of(&record)
 }
