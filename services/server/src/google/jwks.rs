@@ -27,6 +27,7 @@
 
 use std::{
     collections::HashMap,
+    fmt,
     sync::{
         Arc, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -34,12 +35,10 @@ use std::{
     time::Duration,
 };
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use backon::{BackoffBuilder as _, ExponentialBuilder};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use jsonwebtoken::{
-    DecodingKey,
-    jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations},
-};
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm, KeyOperations};
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
@@ -60,6 +59,8 @@ pub const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(30);
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 /// Smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
+/// Largest RSA modulus accepted (aws-lc's RS256 verifier stops there).
+pub const MAX_RSA_BITS: usize = 8192;
 /// Default of `google.jwks_stale_window_seconds`.
 pub const DEFAULT_STALE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
@@ -79,9 +80,33 @@ pub enum KeyError {
     Unavailable,
 }
 
+/// One of Google's RS256 signing keys, parsed once when the key set is
+/// fetched (issue 16).
+///
+/// Verifying through `jsonwebtoken::crypto::verify` rebuilt the RSA key from
+/// its modulus and exponent on every call (aws-lc then recomputed the
+/// modulus's Montgomery constants), cloned the key and boxed a verifier. A
+/// token that is not in the verified-token cache paid all of that; with the
+/// key parsed here, it pays the RSA operation alone.
+pub struct SigningKey(ParsedPublicKey);
+
+impl SigningKey {
+    /// Whether `signature` (raw bytes, not base64) is an RSASSA-PKCS1-v1_5
+    /// SHA-256 signature over `message` by this key.
+    pub fn verifies_rs256(&self, message: &[u8], signature: &[u8]) -> bool {
+        self.0.verify_sig(message, signature).is_ok()
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(RS256)")
+    }
+}
+
 /// A fetched, filtered key set.
 struct KeySet {
-    keys: HashMap<String, Arc<DecodingKey>>,
+    keys: HashMap<String, Arc<SigningKey>>,
     fetched_at: Instant,
     expires_at: Instant,
     /// When the background refresher fetches again: 75-85% into `max-age`.
@@ -228,12 +253,12 @@ impl Jwks {
     }
 
     /// The key for `kid`, fetching or refetching the set as the rules above say.
-    pub async fn key(&self, kid: &str) -> Result<Arc<DecodingKey>, KeyError> {
+    pub async fn key(&self, kid: &str) -> Result<Arc<SigningKey>, KeyError> {
         self.key_at(kid, Instant::now()).await
     }
 
     /// [`key`](Self::key) as of `now`.
-    pub async fn key_at(&self, kid: &str, now: Instant) -> Result<Arc<DecodingKey>, KeyError> {
+    pub async fn key_at(&self, kid: &str, now: Instant) -> Result<Arc<SigningKey>, KeyError> {
         let seen = self.attempts.load(Ordering::Acquire);
         let set = match self.snapshot() {
             // Fresh or stale within the window: use it as it is. Refreshing
@@ -415,7 +440,7 @@ impl Jwks {
 
 /// Parses a JWKS document, keeping the usable keys by `kid` and counting
 /// the skipped ones.
-fn parse_key_set(body: &[u8]) -> Result<(HashMap<String, Arc<DecodingKey>>, usize), String> {
+fn parse_key_set(body: &[u8]) -> Result<(HashMap<String, Arc<SigningKey>>, usize), String> {
     tokenbridge_jwks::parse_key_set(body, usable_key)
 }
 
@@ -428,7 +453,7 @@ const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
 };
 
 /// An RS256 signature key of at least 2048 bits with a sane exponent.
-fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
+fn usable_key(jwk: &Jwk) -> Result<SigningKey, &'static str> {
     if let Some(ops) = &jwk.common.key_operations
         && !ops.iter().any(|op| matches!(op, KeyOperations::Verify))
     {
@@ -446,17 +471,32 @@ fn usable_key(jwk: &Jwk) -> Result<DecodingKey, &'static str> {
     let e = URL_SAFE_NO_PAD
         .decode(&rsa.e)
         .map_err(|_| "exponent is not base64url")?;
-    if modulus_bits(&n) < MIN_RSA_BITS {
+    let bits = modulus_bits(&n);
+    if bits < MIN_RSA_BITS {
         return Err("RSA modulus shorter than 2048 bits");
+    }
+    if bits > MAX_RSA_BITS {
+        return Err("RSA modulus longer than 8192 bits");
     }
     let e_value = e.iter().skip_while(|&&b| b == 0).try_fold(0u64, |acc, &b| {
         (acc < (1 << 56)).then(|| (acc << 8) | u64::from(b))
     });
+    // aws-lc verifies with public exponents of at most 33 bits; a larger one
+    // would be kept and then fail every verification.
     match e_value {
-        Some(e) if e >= 3 && e % 2 == 1 => {}
+        Some(e) if (3..1 << 33).contains(&e) && e % 2 == 1 => {}
         _ => return Err("unusable RSA exponent"),
     }
-    Ok(DecodingKey::from_rsa_raw_components(&n, &e))
+    // aws-lc takes both without leading zero octets (RFC 7518 forbids them;
+    // a publisher that adds them is forgiven here, as by the bit count above).
+    let minimal = |v: &[u8]| v[v.iter().take_while(|&&b| b == 0).count()..].to_vec();
+    RsaPublicKeyComponents {
+        n: minimal(&n),
+        e: minimal(&e),
+    }
+    .to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256)
+    .map(SigningKey)
+    .map_err(|_| "RSA key rejected by aws-lc")
 }
 
 fn modulus_bits(n: &[u8]) -> usize {
@@ -494,6 +534,10 @@ mod tests {
     fn unusable_keys_are_skipped_one_by_one() {
         let big_n = URL_SAFE_NO_PAD.encode([0xc5u8; 256]);
         let small_n = URL_SAFE_NO_PAD.encode([0xc5u8; 128]);
+        let huge_n = URL_SAFE_NO_PAD.encode([0xc5u8; 1025]);
+        let padded_n = URL_SAFE_NO_PAD.encode([&[0u8][..], &[0xc5u8; 256]].concat());
+        // 2^40 + 1: odd, but aws-lc refuses public exponents over 33 bits.
+        let huge_e = URL_SAFE_NO_PAD.encode([1u8, 0, 0, 0, 0, 1]);
         let doc = serde_json::json!({"keys": [
             {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "good", "n": big_n, "e": "AQAB"},
             {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "small", "n": small_n, "e": "AQAB"},
@@ -505,12 +549,33 @@ mod tests {
             {"kty": "RSA", "kid": "bad-b64", "n": "!!!", "e": "AQAB"},
             {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
             {"kty": "RSA", "kid": "ops", "key_ops": ["encrypt"], "n": big_n, "e": "AQAB"},
+            {"kty": "RSA", "kid": "huge", "n": huge_n, "e": "AQAB"},
+            {"kty": "RSA", "kid": "padded", "n": padded_n, "e": "AAEAAQ"},
+            {"kty": "RSA", "kid": "e-huge", "n": big_n, "e": huge_e},
             "not even an object",
             {"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "good", "n": big_n, "e": "AQAB"}
         ]});
         let (keys, skipped) = parse_key_set(doc.to_string().as_bytes()).unwrap();
-        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["good"]);
-        assert_eq!(skipped, 11);
+        let mut kept = keys.keys().collect::<Vec<_>>();
+        kept.sort();
+        assert_eq!(kept, vec!["good", "padded"]);
+        assert_eq!(skipped, 13);
+        for (kid, reason) in [
+            ("huge", "RSA modulus longer than 8192 bits"),
+            ("e-huge", "unusable RSA exponent"),
+        ] {
+            let jwk = serde_json::from_value::<Jwk>(
+                doc["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["kid"] == kid)
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+            assert_eq!(usable_key(&jwk).unwrap_err(), reason, "{kid}");
+        }
     }
 
     use tokenbridge_testing::{Issuer, JwksFault, JwksServer};
