@@ -23,15 +23,14 @@ const PROTOS: [&str; 2] = [
 const FILES: [&str; 2] = ["tokenbridge.v1.rs", "tokenbridge_descriptor.bin"];
 
 /// Generates the code and the descriptor set into `out`.
-fn generate(crate_dir: &Path, out: &Path) {
+fn generate(crate_dir: &Path, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let includes = [crate_dir];
     let protos = PROTOS.map(|p| crate_dir.join(p));
-    let descriptors = protox::compile(protos, includes).expect("the protos compile");
+    let descriptors = protox::compile(protos, includes)?;
     std::fs::write(
         out.join("tokenbridge_descriptor.bin"),
         descriptors.encode_to_vec(),
-    )
-    .unwrap();
+    )?;
     tonic_prost_build::configure()
         .out_dir(out)
         .emit_rerun_if_changed(false)
@@ -41,8 +40,8 @@ fn generate(crate_dir: &Path, out: &Path) {
             "tokenbridge.v1.GetCredentialsResponse",
             "tokenbridge.v1.ExplainRequest",
         ])
-        .compile_fds(descriptors)
-        .expect("tonic-prost-build generates the code");
+        .compile_fds(descriptors)?;
+    Ok(())
 }
 
 #[test]
@@ -50,7 +49,7 @@ fn the_checked_in_code_matches_the_protos() {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let checked_in = crate_dir.join("src/generated");
     let fresh = tempfile::tempdir().unwrap();
-    generate(&crate_dir, fresh.path());
+    generate(&crate_dir, fresh.path()).expect("the protos compile and generate");
     let regenerate = std::env::var_os("TOKENBRIDGE_REGENERATE").is_some_and(|v| v == "1");
     let mut stale = Vec::new();
     for file in FILES {
