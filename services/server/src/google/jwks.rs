@@ -452,7 +452,8 @@ const BOUNDS: tokenbridge_jwks::Bounds = tokenbridge_jwks::Bounds {
     max_max_age: MAX_MAX_AGE,
 };
 
-/// An RS256 signature key of at least 2048 bits with a sane exponent.
+/// An RS256 signature key of 2048 to 8192 bits with a sane exponent, parsed
+/// for verification.
 fn usable_key(jwk: &Jwk) -> Result<SigningKey, &'static str> {
     if let Some(ops) = &jwk.common.key_operations
         && !ops.iter().any(|op| matches!(op, KeyOperations::Verify))
