@@ -293,7 +293,12 @@ impl Verifier {
                 claims: Claims::clone(&claims),
             });
         }
-        let (header, payload) = split_compact(raw)?;
+        let Compact {
+            header,
+            payload,
+            signed,
+            signature,
+        } = split_compact(raw)?;
         let kid = check_header(header)?;
         // Parsed strictly before the signature check only to refuse duplicate
         // or mistyped claims with a precise message; nothing is trusted until
@@ -307,13 +312,10 @@ impl Verifier {
         // key set was fetched; the header and claims were parsed (strictly)
         // above and are checked by `check_claims`, so they are not decoded
         // twice (issue 16).
-        let (message, signature) = raw
-            .rsplit_once('.')
-            .ok_or(VerifyError::Malformed("not a compact JWS"))?;
         let signature = URL_SAFE_NO_PAD
             .decode(signature)
             .map_err(|_| VerifyError::Malformed("the signature is not base64url"))?;
-        if !key.verifies_rs256(message.as_bytes(), &signature) {
+        if !key.verifies_rs256(signed.as_bytes(), &signature) {
             return Err(VerifyError::BadSignature);
         }
         self.check_claims(&claims, now)?;
@@ -348,9 +350,20 @@ impl Verifier {
     }
 }
 
-/// Splits a compact JWS into its decoded header and payload, checking the
-/// shape: three non-empty base64url parts.
-fn split_compact(raw: &str) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
+/// A compact JWS split at its dots, its header and payload decoded. No
+/// `Debug`: it holds the token.
+struct Compact<'a> {
+    header: Vec<u8>,
+    payload: Vec<u8>,
+    /// `header.payload`, as signed.
+    signed: &'a str,
+    /// The signature, still base64url.
+    signature: &'a str,
+}
+
+/// Splits a compact JWS, checking the shape: three non-empty base64url
+/// parts.
+fn split_compact(raw: &str) -> Result<Compact<'_>, VerifyError> {
     const SHAPE: &str = "not a compact JWS (three base64url parts separated by dots)";
     let mut parts = raw.split('.');
     let (Some(h), Some(p), Some(s), None) =
@@ -376,7 +389,12 @@ fn split_compact(raw: &str) -> Result<(Vec<u8>, Vec<u8>), VerifyError> {
     let payload = URL_SAFE_NO_PAD
         .decode(p)
         .map_err(|_| VerifyError::Malformed("the payload is not base64url"))?;
-    Ok((header, payload))
+    Ok(Compact {
+        header,
+        payload,
+        signed: &raw[..h.len() + 1 + p.len()],
+        signature: s,
+    })
 }
 
 /// Checks the header and returns its `kid`.
@@ -493,22 +511,37 @@ pub const MAX_JSON_DEPTH: usize = 32;
 /// Parses a JSON object, refusing duplicate member names at any depth and
 /// nesting deeper than [`MAX_JSON_DEPTH`].
 fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, StrictError> {
+    match parse_strict(bytes, |strict, de| strict.deserialize(de))? {
+        Value::Object(map) => Ok(map),
+        _ => Err(StrictError::Invalid),
+    }
+}
+
+/// Runs `parse` over `bytes` with a [`StrictValue`] at depth 0, requires
+/// the whole input to be consumed, and says why it failed: a duplicate
+/// member name, nesting past the bound, or anything else.
+fn parse_strict<'de, T>(
+    bytes: &'de [u8],
+    parse: impl FnOnce(
+        StrictValue<'_>,
+        &mut serde_json::Deserializer<serde_json::de::SliceRead<'de>>,
+    ) -> Result<T, serde_json::Error>,
+) -> Result<T, StrictError> {
     let duplicate = RefCell::new(None);
     let too_deep = Cell::new(false);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = StrictValue {
+    let strict = StrictValue {
         duplicate: &duplicate,
         too_deep: &too_deep,
         depth: 0,
-    }
-    .deserialize(&mut de)
-    .and_then(|v| {
+    };
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = parse(strict, &mut de).and_then(|v| {
         de.end()?;
         Ok(v)
     });
     match (parsed, duplicate.into_inner()) {
         (_, Some(name)) => Err(StrictError::Duplicate(printable(&name))),
-        (Ok(Value::Object(map)), None) => Ok(map),
+        (Ok(v), None) => Ok(v),
         _ if too_deep.get() => Err(StrictError::TooDeep),
         _ => Err(StrictError::Invalid),
     }
@@ -555,24 +588,9 @@ impl Members {
 /// refuse a second one. (Issue 16: the map, its keys and its lookups were
 /// about 4 % of a fresh token's exchange.)
 fn parse_payload(bytes: &[u8]) -> Result<Members, StrictError> {
-    let duplicate = RefCell::new(None);
-    let too_deep = Cell::new(false);
-    let strict = StrictValue {
-        duplicate: &duplicate,
-        too_deep: &too_deep,
-        depth: 0,
-    };
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = de::Deserializer::deserialize_map(&mut de, PayloadVisitor(strict)).and_then(|m| {
-        de.end()?;
-        Ok(m)
-    });
-    match (parsed, duplicate.into_inner()) {
-        (_, Some(name)) => Err(StrictError::Duplicate(printable(&name))),
-        (Ok(members), None) => Ok(members),
-        _ if too_deep.get() => Err(StrictError::TooDeep),
-        _ => Err(StrictError::Invalid),
-    }
+    parse_strict(bytes, |strict, de| {
+        de::Deserializer::deserialize_map(de, PayloadVisitor(strict))
+    })
 }
 
 struct PayloadVisitor<'a>(StrictValue<'a>);
@@ -724,9 +742,9 @@ pub fn check_untrusted(token: &str) -> Result<Claims, VerifyError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(VerifyError::TooLarge(token.len()));
     }
-    let (header, payload) = split_compact(token)?;
-    check_header(header)?;
-    parse_claims(payload)
+    let compact = split_compact(token)?;
+    check_header(compact.header)?;
+    parse_claims(compact.payload)
 }
 
 #[cfg(test)]
@@ -817,10 +835,10 @@ mod tests {
     fn compact_shape() {
         for bad in ["", "a.b", "a.b.c.d", "a..c", "a.b.c=", "a b.c.d", "a.b.c\n"] {
             assert_eq!(
-                split_compact(bad).unwrap_err(),
-                VerifyError::Malformed(
+                split_compact(bad).err(),
+                Some(VerifyError::Malformed(
                     "not a compact JWS (three base64url parts separated by dots)"
-                ),
+                )),
                 "{bad:?}"
             );
         }
