@@ -2,8 +2,10 @@
 //! and the verified-token cache), policy lookup at 10 and 100,000 bindings,
 //! a credentials cache hit, and the whole decision on a cache hit (issue 16:
 //! verification with a warm key set, policy, cache lookup and the audit
-//! record's serialisation), with the token seen before and fresh. `BENCHMARKS.md` puts them beside the
-//! machine's raw RSA-2048 verify rate (`openssl speed -seconds 3 rsa2048`).
+//! record's serialisation), with the token seen before and fresh, and the
+//! gRPC handler around it (audit write through a pipe, metrics, the futures
+//! it boxes). `BENCHMARKS.md` puts them beside the machine's raw RSA-2048
+//! verify rate (`openssl speed -seconds 3 rsa2048`).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -287,12 +289,70 @@ fn audit_line(c: &mut Criterion) {
     });
 }
 
+/// The gRPC handler on a cache hit, transport aside: `GetCredentials` as
+/// tonic calls it once the message is decoded (metadata, the decision, the
+/// audit record written through a pipe that a thread drains, as a container
+/// runtime drains stdout, the metrics) up to the response message. The
+/// boxed futures this path builds and moves are part of what it measures.
+fn handler(c: &mut Criterion) {
+    use std::os::fd::AsRawFd as _;
+    use tokenbridge_proto::v1::{GetCredentialsRequest, token_exchange_server::TokenExchange};
+    use tokenbridge_server::{
+        observability::{
+            audit::{AuditConfig, AuditLog, AuditSink},
+            metrics::Metrics,
+        },
+        transport::grpc::TokenExchangeService,
+    };
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (mut reader, writer) = std::io::pipe().unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    let mut group = c.benchmark_group("handler_cache_hit");
+    for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
+        let CacheHitExchange {
+            keys: _keys,
+            exchange,
+            token,
+            req,
+        } = cache_hit_exchange(&rt, entries);
+        let metrics = Metrics::prometheus().unwrap();
+        let audit = AuditLog::open(
+            &AuditConfig {
+                sink: AuditSink::File(format!("/proc/self/fd/{}", writer.as_raw_fd()).into()),
+                gcp_project_id: None,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let service = TokenExchangeService::new(Arc::new(exchange))
+            .with_metrics(metrics)
+            .with_audit(Arc::new(audit));
+        let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let call = || {
+            let mut request = tonic::Request::new(GetCredentialsRequest {
+                role_arn: req.role_arn.clone(),
+                duration_seconds: 0,
+            });
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+            let service = &service;
+            async move { black_box(service.get_credentials(request).await.unwrap()) }
+        };
+        rt.block_on(call());
+        group.bench_function(name, |b| b.to_async(&rt).iter(call));
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     verification,
     policy_lookup,
     cache_hit,
     whole_decision,
-    audit_line
+    audit_line,
+    handler
 );
 criterion_main!(benches);

@@ -244,18 +244,29 @@ impl CredentialCache {
         key: CacheKey,
         req: AssumeRoleRequest,
     ) -> Result<Credentials, StsError> {
-        if !self.config.enabled {
-            self.lookup(CacheLookup::Bypass);
-            self.spend_budget(&key)?;
-            return self.sts.assume_role(req).await;
-        }
-        if let Some(entry) = self.entries.get(&key).await {
+        if self.config.enabled
+            && let Some(entry) = self.entries.get(&key).await
+        {
             if self.usable(&entry) && !self.revoked(&key, &entry) {
                 self.lookup(CacheLookup::Hit);
                 self.maybe_refresh(&key, &entry, &req);
                 return Ok(entry.credentials.clone());
             }
             self.remove_if_same(&key, &entry).await;
+        }
+        // Boxed: the STS call and moka's single flight make this future
+        // kilobytes large, and a hit (the common case) would otherwise
+        // carry, and move, that space on every call.
+        Box::pin(self.miss(key, req)).await
+    }
+
+    /// [`get`](Self::get) past the cache: from STS (or a concurrent
+    /// caller's STS call for the same key), cached while usable.
+    async fn miss(&self, key: CacheKey, req: AssumeRoleRequest) -> Result<Credentials, StsError> {
+        if !self.config.enabled {
+            self.lookup(CacheLookup::Bypass);
+            self.spend_budget(&key)?;
+            return self.sts.assume_role(req).await;
         }
         self.lookup(CacheLookup::Miss);
         let sts = self.sts.clone();
@@ -283,7 +294,7 @@ impl CredentialCache {
             // learned of a revocation naming it: drop what it returned and
             // ask again (a newer call, or one of its own).
             self.remove_if_same(&key, &entry).await;
-            return Box::pin(self.get(key, req)).await;
+            return self.get(key, req).await;
         }
         if !self.usable(&entry) {
             // Straight from STS but already inside the margin: hand it to this

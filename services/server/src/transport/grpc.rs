@@ -157,19 +157,25 @@ impl TokenExchange for TokenExchangeService {
             duration_seconds: message.duration_seconds,
         };
         let mut facts = Facts::default();
-        let call = async {
-            if let Some(limit) = self.max_header_bytes {
-                let size = header_list_size(&metadata);
-                if size > limit {
-                    return Err(Error::HeadersTooLarge { size, limit });
+        // Boxed once here: the exchange's future is kilobytes large, and
+        // unboxed it would be moved into each wrapper below and held, with
+        // them, in this handler's own future (which tonic boxes and moves
+        // again) on every call.
+        let call = Box::pin(
+            async {
+                if let Some(limit) = self.max_header_bytes {
+                    let size = header_list_size(&metadata);
+                    if size > limit {
+                        return Err(Error::HeadersTooLarge { size, limit });
+                    }
                 }
+                let token = bearer_token(&metadata)?;
+                self.exchange
+                    .exchange_recorded(token, &req, &mut facts)
+                    .await
             }
-            let token = bearer_token(&metadata)?;
-            self.exchange
-                .exchange_recorded(token, &req, &mut facts)
-                .await
-        }
-        .instrument(span.clone());
+            .instrument(span.clone()),
+        );
         let limit_ms = self.request_timeout.map_or(0, |t| t.as_millis() as u64);
         // Behind the guard its timer is the only one (see `guard`); served
         // without it (in-process tests), the handler times itself.
