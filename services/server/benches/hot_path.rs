@@ -210,6 +210,16 @@ fn cache_hit_exchange(rt: &tokio::runtime::Runtime, verified_token_cache: u64) -
     }
 }
 
+/// The two cases of the cache-hit benches, set up: `reused_token` (the
+/// verified-token cache answers) and `fresh_token` (it is off, so RS256 runs
+/// every time).
+fn token_cases(rt: &tokio::runtime::Runtime) -> [(&'static str, CacheHitExchange); 2] {
+    [
+        ("reused_token", cache_hit_exchange(rt, 1000)),
+        ("fresh_token", cache_hit_exchange(rt, 0)),
+    ]
+}
+
 /// The audit record of an issued call, as the handler writes it (no peer, no
 /// trace).
 fn issued_entry<'a>(req: &'a ExchangeRequest, facts: &'a Facts, issued: &'a Issued) -> Entry<'a> {
@@ -236,20 +246,15 @@ fn issued_entry<'a>(req: &'a ExchangeRequest, facts: &'a Facts, issued: &'a Issu
 fn whole_decision(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut group = c.benchmark_group("whole_decision_cache_hit");
-    for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
-        let CacheHitExchange {
-            keys: _keys,
-            exchange,
-            token,
-            req,
-        } = cache_hit_exchange(&rt, entries);
+    for (name, case) in token_cases(&rt) {
+        let (exchange, token, req) = (&case.exchange, &case.token, &case.req);
         let decide = || async {
             let mut facts = Facts::default();
             let issued = exchange
-                .exchange_recorded(Secret::new(black_box(token.clone())), &req, &mut facts)
+                .exchange_recorded(Secret::new(black_box(token.clone())), req, &mut facts)
                 .await
                 .unwrap();
-            let entry = issued_entry(&req, &facts, &issued);
+            let entry = issued_entry(req, &facts, &issued);
             black_box(entry.to_line(None).unwrap())
         };
         // Warm: the credentials are cached.
@@ -309,13 +314,9 @@ fn handler(c: &mut Criterion) {
     let (mut reader, writer) = std::io::pipe().unwrap();
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
     let mut group = c.benchmark_group("handler_cache_hit");
-    for (name, entries) in [("reused_token", 1000), ("fresh_token", 0)] {
-        let CacheHitExchange {
-            keys: _keys,
-            exchange,
-            token,
-            req,
-        } = cache_hit_exchange(&rt, entries);
+    for (name, case) in token_cases(&rt) {
+        // `case.keys` (the JWKS server) lives to the end of this iteration.
+        let (exchange, token, req) = (case.exchange, &case.token, &case.req);
         let metrics = Metrics::prometheus().unwrap();
         let audit = AuditLog::open(
             &AuditConfig {
