@@ -261,7 +261,8 @@ impl CredentialCache {
     }
 
     /// [`get`](Self::get) past the cache: from STS (or a concurrent
-    /// caller's STS call for the same key), cached while usable.
+    /// caller's STS call for the same key), cached while usable; with the
+    /// cache off, straight from STS.
     async fn miss(&self, key: CacheKey, req: AssumeRoleRequest) -> Result<Credentials, StsError> {
         if !self.config.enabled {
             self.lookup(CacheLookup::Bypass);
